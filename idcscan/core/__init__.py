@@ -1,0 +1,1 @@
+"""What the trainer, the worker and the API share. Never imports Flask, Celery or torch."""

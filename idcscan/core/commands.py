@@ -1,0 +1,84 @@
+"""Subcommands of the core: `db upgrade`, `db downgrade`, `db current`, `settings`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    db = subparsers.add_parser("db", help="administer the database schema (Alembic migrations)")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="migrate the database to a revision (default: head)")
+    up.add_argument("revision", nargs="?", default="head")
+    up.set_defaults(func=_db_upgrade)
+    down = db_sub.add_parser("downgrade", help="migrate the database down to a revision")
+    down.add_argument("revision")
+    down.set_defaults(func=_db_downgrade)
+    current = db_sub.add_parser("current", help="print the database's revision")
+    current.set_defaults(func=_db_current)
+
+    settings = subparsers.add_parser("settings", help="print every setting, its value and meaning")
+    settings.add_argument("--markdown", action="store_true", help="as a Markdown table")
+    settings.set_defaults(func=_settings)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from idcscan.core.migrate import upgrade
+    from idcscan.core.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.database, args.revision)
+    print(f"database at {args.revision}: {_safe_url(settings.database)}")
+    return 0
+
+
+def _db_downgrade(args: argparse.Namespace) -> int:
+    from idcscan.core.migrate import downgrade
+    from idcscan.core.settings import get_settings
+
+    downgrade(get_settings().database, args.revision)
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from idcscan.core.migrate import current_revision
+    from idcscan.core.settings import get_settings
+
+    print(current_revision(get_settings().database) or "(empty database)")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def settings_markdown() -> str:
+    """The settings table of the README: variable, default, meaning (a test keeps them equal)."""
+    from pydantic_core import PydanticUndefined
+
+    from idcscan.core.settings import Settings
+
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "" if default is None or default is PydanticUndefined else f"`{default}`"
+        lines.append(f"| `IDCSCAN_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(lines)
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from idcscan.core.settings import Settings, get_settings
+
+    if args.markdown:
+        print(settings_markdown())
+        return 0
+    current = get_settings()
+    for name, field in Settings.model_fields.items():
+        value = getattr(current, name)
+        if name == "database_url" and value:
+            value = _safe_url(value)
+        print(f"IDCSCAN_{name.upper()}={'' if value is None else value}\n    {field.description}")
+    return 0
