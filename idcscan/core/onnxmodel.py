@@ -1,0 +1,119 @@
+"""An exported idcscan model: its ONNX session, its tile contract and identity from the metadata.
+
+The I/O contract of every idcscan ONNX model: input `tiles`, float32 (N, 3, H, W) as produced by
+`to_model_input`; output `idc_probability`, float32 (N,), the softmax probability of IDC. The batch
+dimension is dynamic. onnxruntime is imported lazily so that `import idcscan.core` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idcscan.core.tiles import TileSpec, to_model_input
+
+INPUT_NAME = "tiles"
+OUTPUT_NAME = "idc_probability"
+IDENTITY_KEY = "idcscan.model"
+"""Metadata key of the model's identity (JSON: version, architecture, trained_on, metrics...)."""
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """What an ONNX file says about itself: contract plus identity."""
+
+    spec: TileSpec
+    identity: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.spec.model_version or str(self.identity.get("version", ""))
+
+    @property
+    def architecture(self) -> str:
+        return str(self.identity.get("architecture", "unknown"))
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> ModelManifest:
+        identity = json.loads(metadata.get(IDENTITY_KEY, "{}"))
+        return cls(spec=TileSpec.from_metadata(metadata), identity=identity)
+
+
+def providers_for(choice: str) -> list[str]:
+    """onnxruntime execution providers for `auto`, `cuda` or `cpu`: CUDA first where present."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return ["CPUExecutionProvider"]
+    if choice == "cuda" and "CUDAExecutionProvider" not in available:
+        raise RuntimeError("IDCSCAN_EXECUTION_PROVIDER=cuda but onnxruntime has no CUDA provider")
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxModel:
+    """One onnxruntime session over an idcscan model. Create it once per process, after any fork."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], provider: str = "auto", threads: int = 0
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such model file: {self.path}")
+        options = ort.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(self.path), sess_options=options, providers=providers_for(provider)
+        )
+        metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.manifest = ModelManifest.from_metadata(metadata)
+        names = [i.name for i in self.session.get_inputs()]
+        if names != [INPUT_NAME]:
+            raise ValueError(f"model input must be {INPUT_NAME!r}, found {names}")
+
+    @property
+    def spec(self) -> TileSpec:
+        return self.manifest.spec
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def run(self, model_input: np.ndarray) -> np.ndarray:
+        """Probabilities of IDC for preprocessed input (N, 3, H, W) float32."""
+        (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: model_input})
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def predict(self, tiles: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Probabilities of IDC for uint8 RGB tiles (N, H, W, 3), in batches."""
+        out = np.empty(len(tiles), dtype=np.float32)
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start : start + batch_size]
+            out[start : start + len(chunk)] = self.run(to_model_input(chunk, self.spec))
+        return out
+
+
+def read_manifest(path: str | os.PathLike[str]) -> ModelManifest:
+    """The manifest of an ONNX file, without running it."""
+    return OnnxModel(path, provider="cpu", threads=1).manifest
