@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = __import__(f"idcscan.{part}.commands", fromlist=["register"])
         except ModuleNotFoundError as exc:  # a part not built yet
-            if exc.name != f"idcscan.{part}.commands":
+            if exc.name not in (f"idcscan.{part}", f"idcscan.{part}.commands"):
                 raise
             continue
         module.register(subparsers)
