@@ -1,0 +1,126 @@
+"""`idcscan assemble`: a patient's patches as a tiled, pyramidal TIFF at the dataset's 4 um/px.
+
+The patches go back to their X/Y on a white canvas (the dataset never cut background); the pyramid
+halves down to a few hundred pixels; the pixel size goes into the TIFF resolution tags, which
+OpenSlide reports as `openslide.mpp-x`. The ground truth lands beside the TIFF as QuPath GeoJSON
+(`SLIDE.geojson`, IDC regions) and a tile CSV (`SLIDE.tiles.csv`, every patch with its label).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from idcscan.core.slides import PatchSlide
+from idcscan.core.tiles import DATASET_MPP, DATASET_TILE_SIZE
+
+TIFF_TILE = 256
+SMALLEST_LEVEL_PX = 512
+
+
+@dataclass(frozen=True)
+class Assembled:
+    tiff: Path
+    geojson: Path
+    tiles_csv: Path
+    width: int
+    height: int
+    levels: int
+    patches: int
+    idc_patches: int
+
+
+def write_pyramid(pixels: np.ndarray, out: Path, mpp: float) -> int:
+    """RGB uint8 -> tiled pyramidal TIFF (deflate), each level half the previous; returns levels."""
+    import tifffile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    levels = 0
+    image = Image.fromarray(pixels)
+    with tifffile.TiffWriter(out, bigtiff=pixels.nbytes > 2**31) as tiff:
+        level = pixels
+        downsample = 1
+        while True:
+            per_cm = 10_000.0 / (mpp * downsample)
+            tiff.write(
+                level,
+                tile=(TIFF_TILE, TIFF_TILE),
+                compression="zlib",
+                photometric="rgb",
+                resolution=(per_cm, per_cm),
+                resolutionunit="CENTIMETER",
+                subfiletype=0 if downsample == 1 else 1,
+                metadata=None,
+            )
+            levels += 1
+            if max(level.shape[:2]) <= SMALLEST_LEVEL_PX:
+                return levels
+            downsample *= 2
+            size = (max(1, pixels.shape[1] // downsample), max(1, pixels.shape[0] // downsample))
+            level = np.asarray(image.resize(size, Image.Resampling.BOX))
+
+
+def assemble(patient_dir: Path, out: Path) -> Assembled:
+    slide = PatchSlide(patient_dir, mpp=None, max_pixels=2**40)
+    try:
+        regions = slide.regions or ()
+        width, height = slide.dimensions
+        levels = write_pyramid(slide.canvas, out, DATASET_MPP)
+    finally:
+        slide.close()
+    geojson_path = out.with_suffix(".geojson")
+    csv_path = out.with_suffix(".tiles.csv")
+    features = [
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [
+                    [
+                        [r.x, r.y],
+                        [r.x + r.width, r.y],
+                        [r.x + r.width, r.y + r.height],
+                        [r.x, r.y + r.height],
+                        [r.x, r.y],
+                    ]
+                ],
+            },
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": "IDC", "color": [200, 0, 0]},
+            },
+        }
+        for r in regions
+        if r.label == 1
+    ]
+    geojson_path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["row", "col", "x", "y", "width", "height", "label"])
+        for r in sorted(regions, key=lambda r: (r.y, r.x)):
+            writer.writerow(
+                [
+                    r.y // DATASET_TILE_SIZE,
+                    r.x // DATASET_TILE_SIZE,
+                    r.x,
+                    r.y,
+                    r.width,
+                    r.height,
+                    r.label,
+                ]
+            )
+    return Assembled(
+        tiff=out,
+        geojson=geojson_path,
+        tiles_csv=csv_path,
+        width=width,
+        height=height,
+        levels=levels,
+        patches=len(regions),
+        idc_patches=sum(r.label for r in regions),
+    )

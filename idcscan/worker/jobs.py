@@ -1,0 +1,422 @@
+"""A job's life on a worker: claim with a lease, score, store the results once, or fail with a kind.
+
+Every state change is a conditional UPDATE on the job row (status, lease owner, lease expiry), so
+two deliveries of one job cannot both run it, a worker whose lease was taken over cannot write,
+and a cancelled job stops at the next batch. Results are written in one transaction together
+with the `succeeded` status: a job is either done with all its rows or has none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from idcscan.core.db import (
+    ConfusionStat,
+    ErrorKind,
+    Job,
+    JobStatus,
+    Model,
+    SlideResult,
+    TileScore,
+    transaction,
+    utcnow,
+)
+from idcscan.core.errors import InvalidInput
+from idcscan.core.labels import GroundTruth, parse_labels
+from idcscan.core.onnxmodel import OnnxModel
+from idcscan.core.settings import Settings
+from idcscan.core.slides import open_slide
+from idcscan.core.storage import Storage, as_local_file, open_uri
+from idcscan.worker import outputs
+from idcscan.worker.pipeline import Cancelled, SlideScore, score_slide
+
+log = logging.getLogger(__name__)
+
+# Progress is written at most this often (and the lease renewed with it when due).
+PROGRESS_INTERVAL_S = 0.25
+# Tile scores per INSERT statement.
+INSERT_CHUNK = 5000
+
+
+def results_prefix(job_id: uuid.UUID) -> str:
+    return f"results/{job_id}"
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class ModelCache:
+    """One OnnxModel per model location in this process, created on first use (after the fork)."""
+
+    def __init__(self, settings: Settings, threads: int) -> None:
+        self.settings, self.threads = settings, threads
+        self._models: dict[str, OnnxModel] = {}
+
+    def get(self, location: str) -> OnnxModel:
+        if location not in self._models:
+            if "://" in location and not location.startswith("file://"):
+                target = (
+                    self.settings.data_dir
+                    / "model-cache"
+                    / (hashlib.sha256(location.encode()).hexdigest()[:32] + ".onnx")
+                )
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with as_local_file(location) as local:
+                        partial = target.with_suffix(".part")
+                        partial.write_bytes(local.read_bytes())
+                        partial.replace(target)
+                path = str(target)
+            else:
+                path = location.removeprefix("file://")
+            self._models[location] = OnnxModel(path, self.settings.execution_provider, self.threads)
+        return self._models[location]
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: uuid.UUID
+    owner: str
+    slide_uri: str
+    mpp: float | None
+    labels_uri: str | None
+    client_id: int
+    model_id: int
+    model_location: str
+
+
+class Heartbeat:
+    """Writes progress (throttled) and renews the lease from a thread; notices cancellation."""
+
+    def __init__(self, sessions: sessionmaker[Session], claim: Claim, lease_s: int) -> None:
+        self.sessions, self.claim, self.lease_s = sessions, claim, lease_s
+        self.done = 0
+        self.total: int | None = None
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._written: tuple[int, int | None] = (0, None)
+        self._renewed = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="idcscan-heartbeat", daemon=True)
+
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def stopped(self) -> bool:
+        return self.lost.is_set()
+
+    def _write(self) -> None:
+        values: dict[str, Any] = {"tiles_done": self.done, "tiles_total": self.total}
+        values["lease_expires_at"] = utcnow() + timedelta(seconds=self.lease_s)
+        with transaction(self.sessions) as session:
+            result = session.execute(
+                update(Job)
+                .where(
+                    Job.id == self.claim.job_id,
+                    Job.lease_owner == self.claim.owner,
+                    Job.status == JobStatus.RUNNING.value,
+                )
+                .values(**values)
+            )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            self.lost.set()
+        self._written = (self.done, self.total)
+        self._renewed = time.monotonic()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(PROGRESS_INTERVAL_S):
+            due = time.monotonic() - self._renewed > self.lease_s / 3
+            if due or (self.done, self.total) != self._written:
+                try:
+                    self._write()
+                except Exception:  # a database hiccup must not kill the job; the lease is long
+                    log.warning("job %s: progress write failed", self.claim.job_id, exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _insert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        models: ModelCache,
+        timeout_errors: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self.settings, self.sessions, self.models = settings, sessions, models
+        self.storage = Storage(settings.storage)
+        self.timeout_errors = timeout_errors
+
+    # -- claim ------------------------------------------------------------------------------
+
+    def claim(self, job_id: uuid.UUID) -> Claim | None:
+        """Take the job if it is queued (or its lease expired) and attempts remain; None to skip."""
+        owner = worker_identity()
+        now = utcnow()
+        claimable = (Job.status == JobStatus.QUEUED.value) | (
+            (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
+        )
+        with transaction(self.sessions) as session:
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job_id, claimable, Job.attempts < self.settings.max_attempts)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    attempts=Job.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=self.settings.lease_s),
+                    tiles_done=0,
+                    error_kind=None,
+                    error_message=None,
+                )
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                # Out of attempts: every earlier attempt lost its worker (a crash, a kill, a
+                # decoder that takes the process down). End it rather than loop.
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, claimable, Job.attempts >= self.settings.max_attempts)
+                    .values(
+                        status=JobStatus.FAILED.value,
+                        error_kind=ErrorKind.WORKER_LOST.value,
+                        error_message=f"the worker was lost {self.settings.max_attempts} times "
+                        "while scoring this slide",
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        finished_at=now,
+                    )
+                )
+                return None
+            job = session.get(Job, job_id)
+            assert job is not None
+            if job.started_at is None:
+                job.started_at = now
+            model = session.get(Model, job.model_id)
+            if model is None:
+                raise RuntimeError(f"job {job_id} names model {job.model_id}, which does not exist")
+            return Claim(
+                job_id=job_id,
+                owner=owner,
+                slide_uri=job.slide_uri,
+                mpp=job.mpp,
+                labels_uri=job.labels_uri,
+                client_id=job.client_id,
+                model_id=model.id,
+                model_location=model.location,
+            )
+
+    # -- run --------------------------------------------------------------------------------
+
+    def run(self, job_id: uuid.UUID) -> str:
+        """Run one delivery of a job; returns what happened (for logs and tests)."""
+        claim = self.claim(job_id)
+        if claim is None:
+            log.info(
+                "job %s: not claimable (finished, running elsewhere or out of attempts)", job_id
+            )
+            return "skipped"
+        log.info("job %s: claimed by %s", job_id, claim.owner)
+        try:
+            with Heartbeat(self.sessions, claim, self.settings.lease_s) as heartbeat:
+                score = self._score(claim, heartbeat)
+                files = outputs.render(score)
+                uris = {
+                    name: self.storage.put_bytes(f"{results_prefix(job_id)}/{name}", data)
+                    for name, data in files.items()
+                }
+                if heartbeat.stopped():
+                    raise Cancelled()
+            return self._succeed(claim, score, uris)
+        except Cancelled:
+            self._discard(claim)
+            log.info("job %s: stopped (cancelled or lease taken over)", job_id)
+            return "cancelled"
+        except InvalidInput as exc:
+            self._fail(claim, ErrorKind.INVALID_INPUT, f"{exc.code}: {exc}")
+            log.info("job %s: invalid input (%s)", job_id, exc.code)
+            return "failed"
+        except self.timeout_errors:
+            self._fail(
+                claim,
+                ErrorKind.TIMEOUT,
+                f"scoring took longer than {self.settings.soft_time_limit_s} s",
+            )
+            return "failed"
+        except Exception as exc:
+            log.exception("job %s: internal error", job_id)
+            self._fail(claim, ErrorKind.INTERNAL, f"internal error: {exc.__class__.__name__}")
+            return "failed"
+
+    def _score(self, claim: Claim, heartbeat: Heartbeat) -> SlideScore:
+        model = self.models.get(claim.model_location)
+        truth: GroundTruth | None = None
+        if claim.labels_uri:
+            try:
+                with open_uri(claim.labels_uri) as handle:
+                    truth = parse_labels(handle.read())
+            except FileNotFoundError as exc:
+                raise InvalidInput("the job's labels file is missing", "missing-labels") from exc
+        try:
+            slide = open_slide(
+                claim.slide_uri, mpp=claim.mpp, max_pixels=self.settings.max_slide_pixels
+            )
+        except FileNotFoundError as exc:
+            raise InvalidInput("the job's slide file is missing", "missing-slide") from exc
+        with slide:
+            return score_slide(
+                slide,
+                model,
+                batch_size=self.settings.batch_size,
+                truth=truth,
+                on_progress=heartbeat.progress,
+                should_stop=heartbeat.stopped,
+            )
+
+    # -- endings ----------------------------------------------------------------------------
+
+    def _finish(self, session: Session, claim: Claim, **values: Any) -> bool:
+        """Move the job out of `running`, only if this worker still holds it; locks the row."""
+        result = session.execute(
+            update(Job)
+            .where(
+                Job.id == claim.job_id,
+                Job.lease_owner == claim.owner,
+                Job.status == JobStatus.RUNNING.value,
+            )
+            .values(lease_owner=None, lease_expires_at=None, finished_at=utcnow(), **values)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def _succeed(self, claim: Claim, score: SlideScore, uris: dict[str, str]) -> str:
+        summary = score.summary
+        with transaction(self.sessions) as session:
+            if not self._finish(
+                session,
+                claim,
+                status=JobStatus.SUCCEEDED.value,
+                tiles_done=len(score.rows),
+                tiles_total=len(score.rows),
+            ):
+                session.rollback()
+                log.info(
+                    "job %s: lease lost before commit; results left to the new owner", claim.job_id
+                )
+                return "lost"
+            # A rerun replaces what an earlier attempt wrote, never adds to it.
+            for table in (TileScore, SlideResult, ConfusionStat):
+                session.execute(delete(table).where(table.job_id == claim.job_id))
+            write_tile_scores(session, claim.job_id, score)
+            session.add(
+                SlideResult(
+                    job_id=claim.job_id,
+                    model_id=claim.model_id,
+                    level=summary["level"],
+                    level_mpp=summary["level_mpp"],
+                    effective_mpp=summary["effective_mpp"],
+                    tissue_tiles=summary["tissue_tiles"],
+                    idc_tiles=summary["idc_tiles"],
+                    idc_area_mm2=summary["idc_area_mm2"],
+                    idc_fraction=summary["idc_fraction"],
+                    max_probability=summary["max_probability"],
+                    mean_probability=summary["mean_probability"],
+                    slide_call=summary["slide_call"],
+                    call_rule=summary["call_rule"],
+                    threshold=summary["threshold"],
+                    heatmap_uri=uris[outputs.HEATMAP],
+                    geojson_uri=uris[outputs.GEOJSON],
+                    tiles_csv_uri=uris[outputs.TILES_CSV],
+                )
+            )
+            if score.confusion is not None:
+                c = score.confusion
+                session.add(
+                    ConfusionStat(
+                        job_id=claim.job_id,
+                        client_id=claim.client_id,
+                        model_id=claim.model_id,
+                        threshold=summary["threshold"],
+                        tp=c.tp,
+                        fp=c.fp,
+                        tn=c.tn,
+                        fn=c.fn,
+                    )
+                )
+        log.info("job %s: succeeded, %d tiles", claim.job_id, len(score.rows))
+        return "succeeded"
+
+    def _fail(self, claim: Claim, kind: ErrorKind, message: str) -> None:
+        with transaction(self.sessions) as session:
+            owned = self._finish(
+                session,
+                claim,
+                status=JobStatus.FAILED.value,
+                error_kind=kind.value,
+                error_message=message,
+            )
+            if owned:
+                for table in (TileScore, SlideResult, ConfusionStat):
+                    session.execute(delete(table).where(table.job_id == claim.job_id))
+        if owned:
+            self.storage.delete(results_prefix(claim.job_id))
+
+    def _discard(self, claim: Claim) -> None:
+        """After a stop: remove files only if the job really is cancelled (not taken over)."""
+        with self.sessions() as session:
+            status = session.scalar(select(Job.status).where(Job.id == claim.job_id))
+        if status == JobStatus.CANCELLED.value:
+            self.storage.delete(results_prefix(claim.job_id))
+
+
+def write_tile_scores(session: Session, job_id: uuid.UUID, score: SlideScore) -> None:
+    """Bulk upsert keyed by (job, row, col), executemany in chunks (psycopg pipelines them)."""
+    labels = score.labels.tolist() if score.labels is not None else [None] * len(score.rows)
+    rows = [
+        {
+            "job_id": job_id,
+            "row": r,
+            "col": c,
+            "x": x,
+            "y": y,
+            "probability": p,
+            "label": None if lab is None or lab < 0 else lab,
+        }
+        for r, c, x, y, p, lab in zip(
+            score.rows.tolist(),
+            score.cols.tolist(),
+            score.x.tolist(),
+            score.y.tolist(),
+            score.probability.tolist(),
+            labels,
+            strict=True,
+        )
+    ]
+    stmt = _insert(session)(TileScore.__table__)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["job_id", "row", "col"],
+        set_={name: stmt.excluded[name] for name in ("x", "y", "probability", "label")},
+    )
+    for start in range(0, len(rows), INSERT_CHUNK):
+        session.execute(stmt, rows[start : start + INSERT_CHUNK])

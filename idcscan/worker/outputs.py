@@ -1,0 +1,169 @@
+"""What a scored slide leaves behind: heatmap PNG, IDC regions as GeoJSON for QuPath, tile CSV.
+
+Each renderer returns bytes so that `idcscan score` writes them to a folder and the worker to
+storage, through the same code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from idcscan.worker.pipeline import SlideScore
+
+HEATMAP = "heatmap.png"
+GEOJSON = "annotations.geojson"
+TILES_CSV = "tiles.csv"
+SUMMARY = "summary.json"
+
+# Colour ramp of the probability (perceptually ordered: dark blue, teal, yellow, red).
+_RAMP = np.array(
+    [[49, 54, 149], [69, 117, 180], [116, 173, 209], [254, 224, 144], [244, 109, 67], [165, 0, 38]],
+    dtype=np.float32,
+)
+MISSED_COLOUR = (0, 230, 255)
+"""Cyan: IDC in the ground truth that the model called negative. Stands out against the ramp."""
+OVERLAY_ALPHA = 0.55
+
+
+def colour_map(p: np.ndarray) -> np.ndarray:
+    """Probabilities in [0, 1] -> RGB uint8 along the ramp."""
+    position = np.clip(p, 0.0, 1.0) * (len(_RAMP) - 1)
+    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (position - low)[..., None]
+    return (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac).astype(np.uint8)
+
+
+def heatmap_png(score: SlideScore) -> bytes:
+    """The slide's thumbnail with the probability of each tile over it, a legend, missed IDC."""
+    thumb = Image.fromarray(score.tissue.thumbnail).convert("RGB")
+    grid = score.probability_grid()
+    rgba = np.zeros((*grid.shape, 4), dtype=np.uint8)
+    scored = ~np.isnan(grid)
+    rgba[scored, :3] = colour_map(grid[scored])
+    rgba[scored, 3] = int(255 * OVERLAY_ALPHA)
+    threshold = score.plan.spec.threshold
+    missed = None
+    if score.label_grid is not None:
+        missed = (score.label_grid == 1) & ~(np.nan_to_num(grid, nan=0.0) >= threshold)
+        rgba[missed, :3] = MISSED_COLOUR
+        rgba[missed, 3] = 230
+    overlay = Image.fromarray(rgba, "RGBA").resize(thumb.size, Image.Resampling.NEAREST)
+    picture = thumb.convert("RGBA")
+    picture.alpha_composite(overlay)
+
+    legend_h = 64
+    canvas = Image.new("RGB", (max(picture.width, 360), picture.height + legend_h), "white")
+    canvas.paste(picture.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    top = picture.height + 8
+    bar_w = 200
+    ramp = colour_map(np.linspace(0.0, 1.0, bar_w))[None].repeat(14, axis=0)
+    canvas.paste(Image.fromarray(ramp), (10, top + 14))
+    draw.text((10, top), "probability of IDC", fill="black", font=font)
+    for value in (0.0, threshold, 1.0):
+        x = 10 + round(value * (bar_w - 1))
+        draw.line((x, top + 28, x, top + 32), fill="black")
+        draw.text((x - 6, top + 34), f"{value:g}", fill="black", font=font)
+    if missed is not None:
+        draw.rectangle((230, top + 14, 244, top + 28), fill=MISSED_COLOUR, outline="black")
+        draw.text((250, top + 14), f"missed IDC ({int(missed.sum())})", fill="black", font=font)
+    out = io.BytesIO()
+    canvas.save(out, format="PNG", compress_level=1)  # fast; the picture is small anyway
+    return out.getvalue()
+
+
+def _rectangles(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Cover a boolean grid with rectangles (row0, col0, row1, col1): row runs merged downwards."""
+    rectangles: list[tuple[int, int, int, int]] = []
+    open_runs: dict[tuple[int, int], int] = {}
+    for r in range(mask.shape[0] + 1):
+        runs: set[tuple[int, int]] = set()
+        if r < mask.shape[0]:
+            padded = np.concatenate(([False], mask[r], [False])).astype(np.int8)
+            edges = np.flatnonzero(np.diff(padded))
+            runs = {(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)}
+        for run in list(open_runs):
+            if run not in runs:
+                rectangles.append((open_runs.pop(run), run[0], r, run[1]))
+        for run in runs:
+            open_runs.setdefault(run, r)
+    return sorted(rectangles)
+
+
+def geojson(score: SlideScore) -> dict[str, Any]:
+    """IDC regions (tiles at or above the threshold, merged into rectangles) in level-0 pixels.
+
+    QuPath's GeoJSON import reads `objectType` and `classification`.
+    """
+    grid = score.plan.grid
+    probability = score.probability_grid()
+    positive = np.nan_to_num(probability, nan=0.0) >= score.plan.spec.threshold
+    features = []
+    for r0, c0, r1, c1 in _rectangles(positive):
+        x0, y0 = round(c0 * grid.stride0), round(r0 * grid.stride0)
+        x1 = round((c1 - 1) * grid.stride0 + grid.tile0)
+        y1 = round((r1 - 1) * grid.stride0 + grid.tile0)
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
+                },
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": {"name": "IDC", "color": [200, 0, 0]},
+                    "isLocked": False,
+                    "measurements": {
+                        "tiles": (r1 - r0) * (c1 - c0),
+                        "max_probability": float(np.nanmax(probability[r0:r1, c0:c1])),
+                    },
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def geojson_bytes(score: SlideScore) -> bytes:
+    return json.dumps(geojson(score), separators=(",", ":")).encode()
+
+
+def tiles_csv(score: SlideScore) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["row", "col", "x", "y", "probability", "label"])
+    labels = score.labels if score.labels is not None else np.full(score.rows.shape, -1)
+    for row, col, x, y, p, label in zip(
+        score.rows.tolist(),
+        score.cols.tolist(),
+        score.x.tolist(),
+        score.y.tolist(),
+        score.probability.tolist(),
+        labels.tolist(),
+        strict=True,
+    ):
+        writer.writerow([row, col, x, y, f"{p:.6f}", "" if label < 0 else label])
+    return out.getvalue().encode()
+
+
+def summary(score: SlideScore) -> dict[str, Any]:
+    result = dict(score.summary)
+    result["confusion"] = score.confusion.as_dict() if score.confusion is not None else None
+    return result
+
+
+def render(score: SlideScore) -> dict[str, bytes]:
+    """Every output file, by name."""
+    return {
+        HEATMAP: heatmap_png(score),
+        GEOJSON: geojson_bytes(score),
+        TILES_CSV: tiles_csv(score),
+        SUMMARY: json.dumps(summary(score), indent=2).encode(),
+    }

@@ -1,0 +1,265 @@
+"""The scoring pipeline: one slide, one model -> per-tile probabilities and the slide's summary.
+
+A reader thread reads regions, cuts tiles and preprocesses them into full batches while the
+calling thread runs onnxruntime (which releases the GIL); a bounded queue between them keeps memory
+bounded whatever the slide's size. The queue worker (`tasks`) and `idcscan score` both call
+`score_slide`; neither knows about the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from idcscan.core.labels import GroundTruth
+from idcscan.core.metrics import Confusion
+from idcscan.core.onnxmodel import OnnxModel
+from idcscan.core.slides import Slide
+from idcscan.core.tiles import to_model_input
+from idcscan.worker.tiling import (
+    TileBlock,
+    TilePlan,
+    TissueMap,
+    find_tissue,
+    iter_tile_blocks,
+    plan_tiling,
+)
+
+log = logging.getLogger(__name__)
+
+# Batches prepared ahead of inference; each is batch_size x 3 x H x W float32 (7.7 MB at 256x50x50).
+PREFETCH_BATCHES = 3
+# A slide is called IDC when at least this many tiles reach the threshold: one tile alone is
+# 0.04 mm2 and too easily a false positive.
+MIN_IDC_TILES = 2
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or its lease lost) between two batches."""
+
+
+@dataclass
+class Batch:
+    rows: np.ndarray
+    cols: np.ndarray
+    model_input: np.ndarray
+
+
+def _batches(slide: Slide, plan: TilePlan, tissue: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    """Full batches of preprocessed tiles (the last one partial), assembled across blocks."""
+    pending: list[TileBlock] = []
+    count = 0
+
+    def flush(n: int) -> Batch:
+        nonlocal pending, count
+        rows = np.concatenate([b.rows for b in pending])
+        cols = np.concatenate([b.cols for b in pending])
+        tiles = (
+            pending[0].tiles if len(pending) == 1 else np.concatenate([b.tiles for b in pending])
+        )
+        batch = Batch(rows[:n], cols[:n], to_model_input(tiles[:n], plan.spec))
+        rest = tiles[n:]
+        pending = [TileBlock(rows=rows[n:], cols=cols[n:], tiles=rest)] if len(rest) else []
+        count = len(rest)
+        return batch
+
+    for block in iter_tile_blocks(slide, plan, tissue):
+        pending.append(block)
+        count += len(block.rows)
+        while count >= batch_size:
+            yield flush(batch_size)
+    if count:
+        yield flush(count)
+
+
+_DONE = object()
+
+
+def prefetch(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run `source` in a thread, `depth` items ahead; its exceptions re-raise in the consumer."""
+    items: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as exc:
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, name="idcscan-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+@dataclass
+class SlideScore:
+    """Everything one scoring run produced, before it is stored anywhere."""
+
+    plan: TilePlan
+    tissue: TissueMap
+    rows: np.ndarray
+    cols: np.ndarray
+    probability: np.ndarray
+    labels: np.ndarray | None
+    """int8 per scored tile (-1 unlabelled), when ground truth was given."""
+    label_grid: np.ndarray | None
+    confusion: Confusion | None
+    summary: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.plan.grid.origins(self.rows, self.cols)[0]
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.plan.grid.origins(self.rows, self.cols)[1]
+
+    def probability_grid(self) -> np.ndarray:
+        """float32 (rows, cols), NaN where nothing was scored."""
+        grid = np.full((self.plan.grid.rows, self.plan.grid.cols), np.nan, dtype=np.float32)
+        grid[self.rows, self.cols] = self.probability
+        return grid
+
+
+def summarise(plan: TilePlan, probability: np.ndarray) -> dict[str, Any]:
+    threshold = plan.spec.threshold
+    tissue_tiles = int(probability.size)
+    idc_tiles = int(np.count_nonzero(probability >= threshold))
+    if tissue_tiles == 0:
+        call = "no_tissue"
+    elif idc_tiles >= MIN_IDC_TILES:
+        call = "idc"
+    else:
+        call = "no_idc"
+    return {
+        "tissue_tiles": tissue_tiles,
+        "idc_tiles": idc_tiles,
+        "idc_area_mm2": idc_tiles * plan.tile_area_mm2,
+        "idc_fraction": idc_tiles / tissue_tiles if tissue_tiles else 0.0,
+        "max_probability": float(probability.max()) if tissue_tiles else None,
+        "mean_probability": float(probability.mean()) if tissue_tiles else None,
+        "slide_call": call,
+        "call_rule": (
+            f"idc when at least {MIN_IDC_TILES} tiles of {plan.spec.tile_um:g} um have an IDC "
+            f"probability >= {threshold:g}; no_tissue when no tile holds tissue; else no_idc"
+        ),
+        "threshold": threshold,
+        "level": plan.level,
+        "level_mpp": plan.level_mpp,
+        "effective_mpp": plan.effective_mpp,
+    }
+
+
+def confusion_of(
+    label_grid: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    probability: np.ndarray,
+    threshold: float,
+) -> Confusion:
+    """Scored labelled tiles at `threshold`, plus IDC tiles the tissue mask skipped (missed, fn)."""
+    scored = np.zeros(label_grid.shape, dtype=bool)
+    scored[rows, cols] = True
+    tile_labels = label_grid[rows, cols]
+    known = tile_labels >= 0
+    confusion = Confusion.at_threshold(tile_labels[known], probability[known], threshold)
+    skipped_idc = int(np.count_nonzero((label_grid == 1) & ~scored))
+    return confusion + Confusion(fn=skipped_idc)
+
+
+def score_slide(
+    slide: Slide,
+    model: OnnxModel,
+    *,
+    batch_size: int = 256,
+    truth: GroundTruth | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SlideScore:
+    """Score every tissue tile of `slide` with `model`; `on_progress(done, total)` after each batch."""
+    started = time.perf_counter()
+    plan = plan_tiling(slide, model.spec)
+    tissue = find_tissue(slide, plan)
+    total = int(tissue.tissue.sum())
+    masked = time.perf_counter()
+    if on_progress:
+        on_progress(0, total)
+    rows = np.empty(total, dtype=np.int32)
+    cols = np.empty(total, dtype=np.int32)
+    probability = np.empty(total, dtype=np.float32)
+    done = 0
+    inference = 0.0
+    for batch in prefetch(_batches(slide, plan, tissue.tissue, batch_size), PREFETCH_BATCHES):
+        if should_stop and should_stop():
+            raise Cancelled()
+        t0 = time.perf_counter()
+        out = model.run(batch.model_input)
+        inference += time.perf_counter() - t0
+        n = len(out)
+        rows[done : done + n], cols[done : done + n] = batch.rows, batch.cols
+        probability[done : done + n] = out
+        done += n
+        if on_progress:
+            on_progress(done, total)
+    if done != total:
+        raise RuntimeError(f"scored {done} tiles of {total}")
+    label_grid = truth.tile_labels(plan.grid) if truth is not None else None
+    if label_grid is None and slide.regions is not None:
+        from idcscan.core.labels import from_regions
+
+        label_grid = from_regions(slide.regions).tile_labels(plan.grid)
+    labels = label_grid[rows, cols] if label_grid is not None else None
+    confusion = (
+        confusion_of(label_grid, rows, cols, probability, plan.spec.threshold)
+        if label_grid is not None
+        else None
+    )
+    finished = time.perf_counter()
+    return SlideScore(
+        plan=plan,
+        tissue=tissue,
+        rows=rows,
+        cols=cols,
+        probability=probability,
+        labels=labels,
+        label_grid=label_grid,
+        confusion=confusion,
+        summary=summarise(plan, probability),
+        seconds={
+            "tissue_mask": masked - started,
+            "tiles": finished - masked,
+            "inference": inference,
+            "total": finished - started,
+        },
+    )

@@ -1,0 +1,66 @@
+"""The Celery task: a thin wrapper that takes a job id and hands it to `JobRunner`.
+
+Per-process state (database engine, model cache) is created by `worker_process_init`, after the
+fork, so no onnxruntime session or database connection is shared between processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from idcscan.core.db import Model, make_engine, make_sessionmaker
+from idcscan.core.settings import Settings
+from idcscan.worker.celery_app import SCORE_TASK, inference_threads
+from idcscan.worker.jobs import JobRunner, ModelCache
+
+log = logging.getLogger(__name__)
+
+_runner: JobRunner | None = None
+
+
+def _settings(task: Task) -> Settings:
+    return task.app.settings
+
+
+def build_runner(settings: Settings, concurrency: int) -> JobRunner:
+    sessions = make_sessionmaker(make_engine(settings.database))
+    models = ModelCache(settings, inference_threads(settings, concurrency))
+    return JobRunner(settings, sessions, models, timeout_errors=(SoftTimeLimitExceeded,))
+
+
+@worker_process_init.connect
+def _init_process(sender: Any = None, **_: Any) -> None:
+    """In each pool process, after the fork: the database engine and the active model's session."""
+    from celery import current_app
+
+    global _runner
+    settings = getattr(current_app, "settings", None)
+    if settings is None:
+        return
+    _runner = build_runner(settings, int(current_app.conf.worker_concurrency or 1))
+    with _runner.sessions() as session:
+        active = session.query(Model).filter(Model.active.is_(True)).one_or_none()
+        location = active.location if active is not None else None
+    if location:
+        try:
+            _runner.models.get(location)
+        except Exception:  # a broken registry entry fails the jobs that use it, not the worker
+            log.exception("could not load the active model")
+
+
+def _get_runner(task: Task) -> JobRunner:
+    global _runner
+    if _runner is None:  # solo pool or eager mode: no worker_process_init
+        _runner = build_runner(_settings(task), 1)
+    return _runner
+
+
+@shared_task(name=SCORE_TASK, bind=True)
+def score_job(self: Task, job_id: str) -> None:
+    _get_runner(self).run(uuid.UUID(job_id))

@@ -1,0 +1,238 @@
+"""Tiling in physical units: the model's TileSpec sets um/px and tile size, never a pyramid level.
+
+`plan_tiling` picks the pyramid level nearest above the model's scale (the coarsest level still at
+least as fine) and lays a tile grid over the slide in level-0 pixels. `find_tissue` reads a
+low-resolution level in blocks and keeps the tiles with enough non-background pixels, as the
+dataset did (it never cut background into patches). `iter_tile_blocks` reads large regions,
+resamples them to the model's scale and cuts the tiles with numpy: no per-tile Python on the path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
+
+from idcscan.core.errors import InvalidInput
+from idcscan.core.labels import GridGeometry
+from idcscan.core.slides import Slide
+from idcscan.core.tiles import TileSpec
+
+# Regions read at once are at most this many pixels a side at the level read (4 MB RGBA).
+# Smaller regions skip more background around sparse tissue; on an assembled patient 1024 px
+# costs 20% less reader CPU than 2048 and the same as 512.
+REGION_PX = 1024
+# A slide may be coarser than the model's scale by this factor before upsampling is refused.
+MAX_UPSAMPLING = 1.5
+# Tissue mask: pixels per grid step at the low resolution.
+MASK_PX_PER_STEP = 8
+# A pixel is tissue when coloured (H&E stains) or dark, but not black (out-of-scan area).
+TISSUE_MIN_SATURATION = 20
+TISSUE_MAX_BRIGHTNESS = 200
+BLACK_BELOW = 25
+# A tile is scored when at least this fraction of it is tissue. Measured on reassembled patients
+# (background pure white): 0.05 keeps 606 of 608 patches of patient 9125 and adds no tile the
+# dataset did not cut; 0.25 would drop 94 patches the dataset kept.
+TISSUE_MIN_FRACTION = 0.05
+# Longest side of the thumbnail kept for the heatmap.
+THUMBNAIL_PX = 1600
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Where and how a slide is read for one model; recorded per job."""
+
+    spec: TileSpec
+    grid: GridGeometry
+    level: int
+    level_downsample: float
+    level_mpp: float
+    effective_mpp: float
+    block: int
+    """Tiles per block side: one region read covers block x block tiles."""
+
+    @property
+    def tile_area_mm2(self) -> float:
+        """Area one grid step stands for (non-overlapping share of a tile), in mm2."""
+        return (self.spec.stride * self.effective_mpp / 1000.0) ** 2
+
+
+def _level_for(slide: Slide, target_mpp: float) -> int:
+    """The coarsest level whose pixels are at least as fine as `target_mpp` (level 0 otherwise)."""
+    best = 0
+    for level, downsample in enumerate(slide.level_downsamples):
+        if slide.mpp * downsample <= target_mpp * 1.001:
+            best = level if downsample >= slide.level_downsamples[best] else best
+    return best
+
+
+def plan_tiling(slide: Slide, spec: TileSpec) -> TilePlan:
+    if slide.mpp > spec.mpp * MAX_UPSAMPLING:
+        raise InvalidInput(
+            f"the slide's pixels ({slide.mpp:.3g} um) are coarser than the model's scale "
+            f"({spec.mpp:.3g} um/px); it cannot be scored without inventing detail",
+            "resolution-too-low",
+        )
+    width, height = slide.dimensions
+    scale0 = spec.mpp / slide.mpp  # level-0 pixels per model pixel
+    tile0, stride0 = spec.tile_size * scale0, spec.stride * scale0
+    cols = max(1, math.ceil((width - tile0) / stride0) + 1) if width > tile0 else 1
+    rows = max(1, math.ceil((height - tile0) / stride0) + 1) if height > tile0 else 1
+    level = _level_for(slide, spec.mpp)
+    downsample = slide.level_downsamples[level]
+    stride_level = stride0 / downsample
+    block = max(1, min(64, int(REGION_PX // max(stride_level, 1.0))))
+    read_px = round(((block - 1) * stride0 + tile0) / downsample)
+    out_px = (block - 1) * spec.stride + spec.tile_size
+    level_mpp = slide.mpp * downsample
+    return TilePlan(
+        spec=spec,
+        grid=GridGeometry(rows=rows, cols=cols, tile0=tile0, stride0=stride0),
+        level=level,
+        level_downsample=downsample,
+        level_mpp=level_mpp,
+        effective_mpp=level_mpp * read_px / out_px,
+        block=block,
+    )
+
+
+def read_resampled(
+    slide: Slide, level: int, x0: float, y0: float, w0: float, h0: float, out_w: int, out_h: int
+) -> np.ndarray:
+    """The level-0 box (x0, y0, w0, h0) read at `level` and resampled to out_w x out_h (RGB uint8)."""
+    downsample = slide.level_downsamples[level]
+    size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
+    region = slide.read_region((round(x0), round(y0)), level, size)
+    if size == (out_w, out_h):
+        return region
+    # BOX averages every source pixel when shrinking (no aliasing); bilinear when enlarging.
+    method = Image.Resampling.BOX if size[0] >= out_w else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(region).resize((out_w, out_h), method))
+
+
+def _block_box(
+    grid: GridGeometry, r0: int, c0: int, nr: int, nc: int
+) -> tuple[float, float, float, float]:
+    return (
+        c0 * grid.stride0,
+        r0 * grid.stride0,
+        (nc - 1) * grid.stride0 + grid.tile0,
+        (nr - 1) * grid.stride0 + grid.tile0,
+    )
+
+
+def _blocks(rows: int, cols: int, block: int) -> Iterator[tuple[int, int, int, int]]:
+    for r0 in range(0, rows, block):
+        for c0 in range(0, cols, block):
+            yield r0, c0, min(block, rows - r0), min(block, cols - c0)
+
+
+def tissue_pixels(rgb: np.ndarray) -> np.ndarray:
+    """Boolean tissue mask of RGB pixels: stained (saturated) or dark, and not black."""
+    high = rgb.max(axis=-1)
+    low = rgb.min(axis=-1)
+    saturated = (high.astype(np.int16) - low) >= TISSUE_MIN_SATURATION
+    return (saturated | (high < TISSUE_MAX_BRIGHTNESS)) & (high >= BLACK_BELOW)
+
+
+def _window_means(mask: np.ndarray, nr: int, nc: int, step: int, size: int) -> np.ndarray:
+    """Mean of `mask` over each (size x size) window at multiples of `step`: (nr, nc)."""
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)
+    integral[1:, 1:] = mask.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
+    y0, x0 = np.arange(nr) * step, np.arange(nc) * step
+    y1, x1 = np.minimum(y0 + size, mask.shape[0]), np.minimum(x0 + size, mask.shape[1])
+    total = (
+        integral[np.ix_(y1, x1)]
+        - integral[np.ix_(y0, x1)]
+        - integral[np.ix_(y1, x0)]
+        + integral[np.ix_(y0, x0)]
+    )
+    return total / float(size * size)
+
+
+@dataclass
+class TissueMap:
+    tissue: np.ndarray
+    """bool (rows, cols): tiles to score."""
+    fraction: np.ndarray
+    """float32 (rows, cols): tissue share of each tile."""
+    thumbnail: np.ndarray
+    """RGB uint8 overview of the whole grid area, for the heatmap."""
+    level: int
+
+
+def find_tissue(slide: Slide, plan: TilePlan) -> TissueMap:
+    grid = plan.grid
+    k = MASK_PX_PER_STEP
+    mask_mpp = grid.stride0 * slide.mpp / k
+    level = _level_for(slide, mask_mpp)
+    downsample = slide.level_downsamples[level]
+    block = max(1, int(REGION_PX // max(grid.stride0 / downsample, 1.0)))
+    tile_k = max(1, round(grid.tile0 / grid.stride0 * k))
+    fraction = np.zeros((grid.rows, grid.cols), dtype=np.float32)
+    thumb_step = min(float(k), THUMBNAIL_PX / max(grid.rows, grid.cols))
+    thumb = Image.new(
+        "RGB",
+        (max(1, round(grid.cols * thumb_step)), max(1, round(grid.rows * thumb_step))),
+        "white",
+    )
+    for r0, c0, nr, nc in _blocks(grid.rows, grid.cols, block):
+        out_w, out_h = (nc - 1) * k + tile_k, (nr - 1) * k + tile_k
+        pixels = read_resampled(slide, level, *_block_box(grid, r0, c0, nr, nc), out_w, out_h)
+        fraction[r0 : r0 + nr, c0 : c0 + nc] = _window_means(
+            tissue_pixels(pixels), nr, nc, k, tile_k
+        )
+        left, top = round(c0 * thumb_step), round(r0 * thumb_step)
+        size = (
+            max(1, round((c0 + nc) * thumb_step) - left),
+            max(1, round((r0 + nr) * thumb_step) - top),
+        )
+        piece = Image.fromarray(np.ascontiguousarray(pixels[: nr * k, : nc * k]))
+        thumb.paste(piece.resize(size, Image.Resampling.BOX), (left, top))
+    return TissueMap(
+        tissue=fraction >= TISSUE_MIN_FRACTION,
+        fraction=fraction,
+        thumbnail=np.asarray(thumb),
+        level=level,
+    )
+
+
+def cut_tiles(pixels: np.ndarray, nr: int, nc: int, tile: int, stride: int) -> np.ndarray:
+    """(nr, nc, tile, tile, 3) tiles of a resampled block, a view where tiles do not overlap."""
+    if stride == tile:
+        view = pixels[: nr * tile, : nc * tile].reshape(nr, tile, nc, tile, 3)
+        return view.transpose(0, 2, 1, 3, 4)
+    windows = sliding_window_view(pixels, (tile, tile, 3))[::stride, ::stride, 0]
+    return windows[:nr, :nc]
+
+
+@dataclass
+class TileBlock:
+    rows: np.ndarray
+    cols: np.ndarray
+    tiles: np.ndarray
+    """uint8 (n, tile, tile, 3), contiguous."""
+
+
+def iter_tile_blocks(slide: Slide, plan: TilePlan, tissue: np.ndarray) -> Iterator[TileBlock]:
+    """The tissue tiles of each block, read as one region, in row-major block order."""
+    grid, spec = plan.grid, plan.spec
+    for r0, c0, nr, nc in _blocks(grid.rows, grid.cols, plan.block):
+        keep = tissue[r0 : r0 + nr, c0 : c0 + nc]
+        if not keep.any():
+            continue
+        # Read only the bounding box of the block's tissue tiles: background costs nothing.
+        rows_with, cols_with = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
+        r0, c0 = r0 + rows_with[0], c0 + cols_with[0]
+        nr, nc = rows_with[-1] - rows_with[0] + 1, cols_with[-1] - cols_with[0] + 1
+        keep = tissue[r0 : r0 + nr, c0 : c0 + nc]
+        out_w = (nc - 1) * spec.stride + spec.tile_size
+        out_h = (nr - 1) * spec.stride + spec.tile_size
+        pixels = read_resampled(slide, plan.level, *_block_box(grid, r0, c0, nr, nc), out_w, out_h)
+        tiles = cut_tiles(pixels, nr, nc, spec.tile_size, spec.stride)
+        rr, cc = np.nonzero(keep)
+        yield TileBlock(rows=rr + r0, cols=cc + c0, tiles=np.ascontiguousarray(tiles[rr, cc]))
