@@ -1,0 +1,40 @@
+"""Shared by the scoring benchmarks: which model, which slide, how to time."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_IDC = Path("/work/shared/data/idc")
+
+
+def benchmark_model(work: Path, requested: Path | None = None) -> Path:
+    """The given model, else the reference model, else a 3-block CNN with the tile contract."""
+    from idcscan.worker.commands import REFERENCE_MODEL
+
+    if requested:
+        return requested
+    if REFERENCE_MODEL.exists():
+        return REFERENCE_MODEL
+    from tests.worker.models import build_benchmark_model
+
+    return build_benchmark_model(work / "bench-cnn.onnx")
+
+
+def patient_dir(patient: str) -> Path:
+    for root in (SHARED_IDC, ROOT / "samples" / "idc"):
+        if (root / patient).is_dir():
+            return root / patient
+    raise SystemExit(f"patient {patient} not found under {SHARED_IDC} or samples/idc")
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
