@@ -1,0 +1,55 @@
+"""The Flask app factory: settings in, a ready WSGI app out; each extension has its `init_app`."""
+
+from __future__ import annotations
+
+from flask import Flask, g, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from idcscan.api import auth, logs, problems
+from idcscan.api.schemas import spec
+from idcscan.api.storage import BlobStore
+from idcscan.core.db import make_engine, make_sessionmaker
+from idcscan.core.settings import Settings, get_settings
+
+
+def _rate_key() -> str:
+    """Limits count per client; a request that has no client yet counts per address."""
+    client_id = g.get("client_id")
+    return f"client:{client_id}" if client_id is not None else f"addr:{get_remote_address()}"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """The API for `settings` (default: the environment). Logging is the process's business:
+    `idcscan api` configures JSON logs before it builds the app."""
+    settings = settings or get_settings()
+    app = Flask(__name__)
+
+    engine = make_engine(settings.database)
+    app.extensions["idcscan.settings"] = settings
+    app.extensions["idcscan.engine"] = engine
+    app.extensions["idcscan.db"] = make_sessionmaker(engine)
+    app.extensions["idcscan.store"] = BlobStore(settings.storage)
+
+    # Order matters: the request id and timer first, then the caller, then the limit keyed by it.
+    logs.init_app(app)
+    problems.init_app(app)
+    auth.init_app(app)
+    limiter = Limiter(
+        _rate_key,
+        application_limits=[settings.rate_limit],
+        storage_uri=settings.rate_limit_storage_url,
+        headers_enabled=True,
+        strategy="moving-window",
+    )
+    limiter.request_filter(lambda: request.endpoint in auth.PUBLIC_ENDPOINTS)
+    limiter.init_app(app)
+    app.extensions["idcscan.limiter"] = limiter
+
+    from idcscan.api import clients, jobs, models, ops, results, stats
+
+    ops.init_app(app)
+    for blueprint in (jobs.bp, results.bp, models.bp, stats.bp, clients.bp, ops.bp):
+        app.register_blueprint(blueprint)
+    spec.register(app)
+    return app

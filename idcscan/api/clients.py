@@ -1,0 +1,96 @@
+"""Client management over HTTP (admin key): list, create, revoke, rotate. Keys are shown once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, request
+from spectree import Response as Resp
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from idcscan.api.auth import add_client, admin_required, caller, revoke_client, rotate_key
+from idcscan.api.jobs import PROBLEMS
+from idcscan.api.problems import Problem, not_found
+from idcscan.api.schemas import (
+    ClientIn,
+    ClientList,
+    ClientOut,
+    ClientWithKey,
+    ProblemOut,
+    aware,
+    spec,
+)
+from idcscan.core.db import Client, transaction
+
+bp = Blueprint("clients", __name__, url_prefix="/v1")
+ADMIN_PROBLEMS = {"HTTP_403": ProblemOut, **PROBLEMS}
+
+
+def client_out(client: Client) -> dict[str, Any]:
+    return {
+        "id": client.id,
+        "name": client.name,
+        "role": client.role,
+        "key_prefix": client.key_prefix,
+        "created_at": aware(client.created_at),
+        "revoked_at": aware(client.revoked_at),
+    }
+
+
+@bp.get("/clients")
+@spec.validate(resp=Resp(HTTP_200=ClientList, **ADMIN_PROBLEMS), tags=["clients"])
+@admin_required
+def list_clients() -> Any:
+    """Every client (admin key)."""
+    with current_app.extensions["idcscan.db"]() as session:
+        clients = session.scalars(select(Client).order_by(Client.id))
+        return ClientList(clients=[ClientOut(**client_out(c)) for c in clients])
+
+
+@bp.post("/clients")
+@spec.validate(
+    json=ClientIn,
+    resp=Resp(HTTP_201=ClientWithKey, HTTP_409=ProblemOut, **ADMIN_PROBLEMS),
+    tags=["clients"],
+)
+@admin_required
+def create_client() -> Any:
+    """Create a client (admin key); the answer holds its key, shown this once."""
+    body: ClientIn = request.context.json  # type: ignore[attr-defined]
+    try:
+        with transaction(current_app.extensions["idcscan.db"]) as session:
+            client, key = add_client(session, body.name, body.admin, by=caller().id)
+            out = ClientWithKey(**client_out(client), key=key)
+    except IntegrityError:
+        raise Problem(409, "client-exists", "A client of that name exists.") from None
+    return out, 201
+
+
+def _client(session: Any, client_id: int) -> Client:
+    client = session.get(Client, client_id)
+    if client is None:
+        raise not_found("client")
+    return client
+
+
+@bp.post("/clients/<int:client_id>/revoke")
+@spec.validate(resp=Resp(HTTP_200=ClientOut, **ADMIN_PROBLEMS), tags=["clients"])
+@admin_required
+def revoke(client_id: int) -> Any:
+    """Revoke a client's key at once (admin key)."""
+    with transaction(current_app.extensions["idcscan.db"]) as session:
+        client = _client(session, client_id)
+        revoke_client(session, client, by=caller().id)
+        return ClientOut(**client_out(client))
+
+
+@bp.post("/clients/<int:client_id>/rotate")
+@spec.validate(resp=Resp(HTTP_200=ClientWithKey, **ADMIN_PROBLEMS), tags=["clients"])
+@admin_required
+def rotate(client_id: int) -> Any:
+    """Give a client a new key (admin key); the old one stops working."""
+    with transaction(current_app.extensions["idcscan.db"]) as session:
+        client = _client(session, client_id)
+        key = rotate_key(session, client, by=caller().id)
+        return ClientWithKey(**client_out(client), key=key)

@@ -1,0 +1,362 @@
+"""Jobs: submit a slide (upload or `slide_uri`), poll one job, list the client's jobs, cancel.
+
+Submission order: stage and hash the upload, probe its header, store it under its hash, commit
+the job row (with its audit event), and only then publish the id. An `Idempotency-Key` is
+race-safe through the unique index on (client_id, idempotency_key): the loser of a race catches
+the IntegrityError and answers with the winner's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, current_app, g, request, url_for
+from spectree import Response as Resp
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from idcscan.api import logs
+from idcscan.api.auth import audit, caller
+from idcscan.api.probe import probe_slide
+from idcscan.api.problems import Problem, not_found
+from idcscan.api.queue import publish
+from idcscan.api.schemas import (
+    IdempotencyHeader,
+    JobByUri,
+    JobError,
+    JobOut,
+    JobPage,
+    JobQuery,
+    ProblemOut,
+    Progress,
+    aware,
+    spec,
+)
+from idcscan.api.storage import BlobStore
+from idcscan.api.upload import MAX_LABELS_BYTES, Upload, receive_multipart, resolve_slide_uri
+from idcscan.core.db import Job, JobStatus, Model, transaction, utcnow
+from idcscan.core.errors import InvalidInput
+from idcscan.core.labels import parse_labels
+from idcscan.core.settings import Settings
+from idcscan.core.storage import open_uri
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1")
+log = logging.getLogger(__name__)
+
+PROBLEMS = {f"HTTP_{code}": ProblemOut for code in (401, 404, 429)}
+
+
+def job_out(job: Job) -> JobOut:
+    total = job.tiles_total
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        model_id=job.model_id,
+        progress=Progress(
+            tiles_done=job.tiles_done,
+            tiles_total=total,
+            fraction=round(job.tiles_done / total, 4) if total else None,
+        ),
+        slide_format=job.slide_format,
+        slide_sha256=job.slide_sha256,
+        mpp=job.mpp,
+        labelled=job.labels_uri is not None,
+        attempts=job.attempts,
+        error=JobError(kind=job.error_kind, message=job.error_message) if job.error_kind else None,
+        created_at=aware(job.created_at),
+        updated_at=aware(job.updated_at),
+        started_at=aware(job.started_at),
+        finished_at=aware(job.finished_at),
+    )
+
+
+def own_job(session: Session, job_id: uuid.UUID) -> Job:
+    """The caller's job, or 404: another client's job does not exist for this caller."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.client_id == caller().id))
+    if job is None:
+        raise not_found()
+    g.job_id = str(job.id)
+    return job
+
+
+@dataclass
+class Prepared:
+    """A slide accepted for scoring, and the blobs this request created (removed on failure)."""
+
+    slide_uri: str
+    slide_sha256: str | None
+    slide_format: str
+    mpp: float | None
+    labels_uri: str | None
+    created: list[str]
+
+
+SUBMISSION_TYPES = ("multipart/form-data", "application/json")
+
+
+@bp.before_request
+def _submission_media_type() -> None:
+    # Before spectree's validation, which would read any other body as (empty) JSON.
+    if request.endpoint == "jobs.submit" and request.mimetype not in SUBMISSION_TYPES:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Send multipart/form-data (an upload) or JSON (a slide_uri).",
+        )
+
+
+@bp.post("/jobs")
+@spec.validate(
+    json=JobByUri,
+    headers=IdempotencyHeader,
+    resp=Resp(
+        HTTP_202=JobOut, HTTP_413=ProblemOut, HTTP_415=ProblemOut, HTTP_409=ProblemOut, **PROBLEMS
+    ),
+    tags=["jobs"],
+)
+def submit() -> Any:
+    """Submit a slide: a multipart upload (`slide`, optional `labels`, `mpp`, `model_id`) or JSON
+    naming a `slide_uri` on configured storage. 202 with the job and its `Location`."""
+    settings: Settings = current_app.extensions["idcscan.settings"]
+    store: BlobStore = current_app.extensions["idcscan.store"]
+    db = current_app.extensions["idcscan.db"]
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None:
+        with db() as session:
+            existing = _by_key(session, key)
+        if existing is not None:
+            return _accepted(existing, replayed=True)
+
+    if request.mimetype == "multipart/form-data":
+        _check_length(settings)
+        upload = receive_multipart(
+            request.stream,
+            request.content_type or "",
+            store.staging_dir(),
+            settings.max_upload_bytes,
+        )
+        try:
+            model_id = _int_field(upload.fields.get("model_id"), "model_id")
+            prepared = _prepare_upload(upload, settings, store)
+        finally:
+            upload.discard()
+    else:  # JSON, checked by `_submission_media_type` and validated by spectree
+        body: JobByUri = request.context.json  # type: ignore[attr-defined]
+        model_id = body.model_id
+        prepared = _prepare_uri(body, settings)
+
+    job = Job(
+        id=uuid.uuid4(),
+        client_id=caller().id,
+        slide_uri=prepared.slide_uri,
+        slide_sha256=prepared.slide_sha256,
+        slide_format=prepared.slide_format,
+        mpp=prepared.mpp,
+        labels_uri=prepared.labels_uri,
+        idempotency_key=key,
+    )
+    try:
+        with transaction(db) as session:
+            job.model_id = _model_for(session, model_id)
+            session.add(job)
+            session.flush()
+            audit(
+                session,
+                caller().id,
+                "job.submit",
+                "job",
+                job.id,
+                labelled=job.labels_uri is not None,
+            )
+    except BaseException as exc:
+        _release(store, db, prepared.created)
+        if key is not None and isinstance(exc, IntegrityError):
+            with db() as session:
+                winner = _by_key(session, key)
+            if winner is not None:  # a concurrent retry committed first
+                return _accepted(winner, replayed=True)
+        raise
+    g.job_id = str(job.id)
+    log.info("job accepted", extra=logs.context())
+    try:
+        publish(job.id, settings)
+    except Exception:
+        log.warning(
+            "publish failed; the reconciler will re-publish", exc_info=True, extra=logs.context()
+        )
+    return _accepted(job, replayed=False)
+
+
+def _accepted(job: Job, replayed: bool) -> tuple[JobOut, int, dict[str, str]]:
+    g.job_id = str(job.id)
+    headers = {"Location": url_for("jobs.get_job", job_id=job.id)}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return job_out(job), 202, headers
+
+
+def _by_key(session: Session, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.client_id == caller().id, Job.idempotency_key == key)
+    )
+
+
+def _check_length(settings: Settings) -> None:
+    # Refuse an announced oversize body before reading it; multipart framing adds a few hundred
+    # bytes, the labels up to their own limit, so the exact check happens while streaming.
+    length = request.content_length
+    if length is not None and length > settings.max_upload_bytes + MAX_LABELS_BYTES + 65536:
+        raise InvalidInput("The upload is larger than allowed.", "upload-too-large")
+
+
+def _int_field(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise Problem(422, "invalid-request", f"`{name}` must be an integer.") from None
+
+
+def _mpp_field(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        mpp = float(value)
+    except ValueError:
+        raise Problem(422, "invalid-request", "`mpp` must be a number.") from None
+    if not 0 < mpp <= 1000:
+        raise Problem(422, "invalid-request", "`mpp` must be a positive pixel size in um/px.")
+    return mpp
+
+
+def _model_for(session: Session, model_id: int | None) -> int:
+    if model_id is not None:
+        if session.get(Model, model_id) is None:
+            raise Problem(422, "unknown-model", f"No model {model_id}.")
+        return model_id
+    active = session.scalar(select(Model.id).where(Model.active))
+    if active is None:
+        raise Problem(409, "no-active-model", "No model is active; an admin must activate one.")
+    return active
+
+
+def _prepare_upload(upload: Upload, settings: Settings, store: BlobStore) -> Prepared:
+    mpp = _mpp_field(upload.fields.get("mpp"))
+    slide = upload.files["slide"]
+    header = probe_slide(slide.path, mpp, settings.max_slide_pixels)
+    labels = upload.files.get("labels")
+    if labels is not None:
+        parse_labels(labels.path.read_bytes())  # the worker's parser: refuse now what it would
+    keys = {"slide": f"slides/{slide.sha256[:2]}/{slide.sha256}{slide.path.suffix}"}
+    if labels is not None:
+        keys["labels"] = f"labels/{labels.sha256[:2]}/{labels.sha256}{labels.path.suffix}"
+    created = [key for name, key in keys.items() if store.store(upload.files[name].path, key)]
+    return Prepared(
+        slide_uri=store.uri(keys["slide"]),
+        slide_sha256=slide.sha256,
+        slide_format=header.format,
+        mpp=mpp,
+        labels_uri=store.uri(keys["labels"]) if "labels" in keys else None,
+        created=created,
+    )
+
+
+def _prepare_uri(body: JobByUri, settings: Settings) -> Prepared:
+    slide_uri = resolve_slide_uri(body.slide_uri, settings.slide_uri_root)
+    labels_uri = None
+    if body.labels_uri:
+        labels_uri = resolve_slide_uri(body.labels_uri, settings.slide_uri_root)
+        with open_uri(labels_uri) as handle:
+            parse_labels(handle.read(MAX_LABELS_BYTES + 1))
+    header = probe_slide(slide_uri, body.mpp, settings.max_slide_pixels)
+    return Prepared(slide_uri, None, header.format, body.mpp, labels_uri, created=[])
+
+
+def _release(store: BlobStore, db: Any, created: list[str]) -> None:
+    """Remove blobs this request stored, unless a job committed meanwhile refers to them."""
+    for key in created:
+        uri = store.uri(key)
+        with db() as session:
+            used = session.scalar(
+                select(Job.id).where(or_(Job.slide_uri == uri, Job.labels_uri == uri)).limit(1)
+            )
+        if used is None:
+            store.delete(key)
+
+
+@bp.get("/jobs/<uuid:job_id>")
+@spec.validate(resp=Resp(HTTP_200=JobOut, **PROBLEMS), tags=["jobs"])
+def get_job(job_id: uuid.UUID) -> Any:
+    """A job's status, progress (tiles done / total), timestamps and error."""
+    with current_app.extensions["idcscan.db"]() as session:
+        return job_out(own_job(session, job_id))
+
+
+@bp.get("/jobs")
+@spec.validate(query=JobQuery, resp=Resp(HTTP_200=JobPage, **PROBLEMS), tags=["jobs"])
+def list_jobs() -> Any:
+    """The caller's jobs, newest first, optionally filtered by status; cursor-paginated."""
+    query: JobQuery = request.context.query  # type: ignore[attr-defined]
+    statement = select(Job).where(Job.client_id == caller().id)
+    if query.status:
+        statement = statement.where(Job.status == query.status)
+    if query.cursor:
+        created_at, job_id = _decode_cursor(query.cursor)
+        statement = statement.where(
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+        )
+    statement = statement.order_by(Job.created_at.desc(), Job.id.desc()).limit(query.limit + 1)
+    with current_app.extensions["idcscan.db"]() as session:
+        jobs = list(session.scalars(statement))
+    more = len(jobs) > query.limit
+    jobs = jobs[: query.limit]
+    cursor = _encode_cursor(jobs[-1]) if more else None
+    return JobPage(jobs=[job_out(job) for job in jobs], next_cursor=cursor)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{aware(job.created_at).isoformat()}|{job.id}"  # type: ignore[union-attr]
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, _, job_id = raw.partition("|")
+        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
+    except ValueError:
+        raise Problem(422, "invalid-cursor", "The cursor is not one this service issued.") from None
+
+
+@bp.post("/jobs/<uuid:job_id>/cancel")
+@spec.validate(resp=Resp(HTTP_200=JobOut, HTTP_409=ProblemOut, **PROBLEMS), tags=["jobs"])
+def cancel_job(job_id: uuid.UUID) -> Any:
+    """Cancel a queued or running job; the worker stops at its next check of the job's status."""
+    unfinished = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+    with transaction(current_app.extensions["idcscan.db"]) as session:
+        job = own_job(session, job_id)
+        now = utcnow()
+        # Conditional, so that a worker finishing at this instant is never overwritten.
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status.in_(unfinished))
+            .values(status=JobStatus.CANCELLED.value, finished_at=now, updated_at=now)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+        if changed is None:
+            raise Problem(
+                409, "job-finished", f"The job is already {job.status}.", status_now=job.status
+            )
+        audit(session, caller().id, "job.cancel", "job", job.id)
+    with current_app.extensions["idcscan.db"]() as session:
+        job = own_job(session, job_id)
+        log.info("job cancelled", extra=logs.context())
+        return job_out(job)

@@ -1,0 +1,244 @@
+"""Request and response schemas (pydantic) and the OpenAPI document built from them (spectree).
+
+Why spectree: it decorates plain Flask views in plain blueprints (the app factory and its
+`init_app` extensions stay as Flask documents them, no replacement app class), validates query,
+JSON and headers with pydantic v2, which idcscan already uses for its settings, and builds an
+OpenAPI 3.1 document from the same models, so the spec cannot drift from what is validated.
+It is maintained (3.0 in 2026) and small. Validation errors are turned into problem+json by
+the `before` hook below instead of spectree's own error body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from spectree import SecurityScheme, SecuritySchemeData, SpecTree
+
+from idcscan import __version__
+from idcscan.api.problems import Problem
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _reject_invalid(req: Any, resp: Any, req_validation_error: Any, instance: Any, *_: Any) -> None:
+    if req_validation_error is not None:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
+            for e in req_validation_error.errors()
+        ]
+        raise Problem(
+            422, "invalid-request", "The request does not match the schema.", errors=errors
+        )
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every timestamp idcscan writes is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details; `type` is stable per cause."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+    title: str
+    status: int
+    detail: str
+
+
+spec = SpecTree(
+    "flask",
+    title="idcscan",
+    version=__version__,
+    description="Invasive ductal carcinoma detection in H&E breast slides, as a batch service.",
+    path="docs",
+    page_templates={},  # the page is ours (/docs), over the completed /openapi.json
+    mode="strict",
+    annotations=True,
+    before=_reject_invalid,
+    validation_error_model=ProblemOut,
+    security_schemes=[
+        SecurityScheme(name="bearer", data=SecuritySchemeData(type="http", scheme="bearer")),  # type: ignore[arg-type]
+    ],
+    security={"bearer": []},
+)
+
+
+class Progress(BaseModel):
+    tiles_done: int
+    tiles_total: int | None
+    fraction: float | None
+
+
+class JobError(BaseModel):
+    kind: str
+    message: str | None
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    status: JobStatusName
+    model_id: int
+    progress: Progress
+    slide_format: str | None
+    slide_sha256: str | None
+    mpp: float | None
+    labelled: bool
+    attempts: int
+    error: JobError | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class JobQuery(BaseModel):
+    status: JobStatusName | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    cursor: str | None = None
+
+
+class JobByUri(BaseModel):
+    """Submit a slide already on storage (JSON body). Uploads use multipart: see `SlideUpload`."""
+
+    model_config = ConfigDict(extra="forbid")
+    slide_uri: str = Field(min_length=1, max_length=4096)
+    labels_uri: str | None = Field(default=None, max_length=4096)
+    mpp: float | None = Field(default=None, gt=0, le=1000)
+    model_id: int | None = None
+
+
+class SlideUpload(BaseModel):
+    """multipart/form-data fields of an upload (documented here; parsed as a stream)."""
+
+    slide: bytes = Field(description="The slide file (SVS, pyramidal TIFF, ...).")
+    labels: bytes | None = Field(
+        default=None, description="Ground truth: GeoJSON annotations or a tile-label CSV."
+    )
+    mpp: float | None = Field(default=None, gt=0)
+    model_id: int | None = None
+
+
+class IdempotencyHeader(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="allow")
+    idempotency_key: str | None = Field(default=None, alias="Idempotency-Key", max_length=200)
+
+
+class SlideResultOut(BaseModel):
+    job_id: uuid.UUID
+    model_id: int
+    model_version: str
+    tissue_tiles: int
+    idc_tiles: int
+    idc_area_mm2: float
+    idc_fraction: float
+    max_probability: float | None
+    mean_probability: float | None
+    slide_call: str
+    call_rule: str
+    threshold: float
+    level: int
+    level_mpp: float
+    effective_mpp: float
+    confusion: dict[str, float | int] | None = Field(
+        description="tp/fp/tn/fn and derived figures, missed IDC first; null without labels."
+    )
+    created_at: datetime
+
+
+class TileOut(BaseModel):
+    row: int
+    col: int
+    x: int
+    y: int
+    probability: float
+    label: int | None
+
+
+class TilesOut(BaseModel):
+    """The JSON form of `/tiles` (streamed); the CSV form has the same columns."""
+
+    job_id: uuid.UUID
+    tiles: list[TileOut]
+
+
+class TilesQuery(BaseModel):
+    format: Literal["json", "csv"] | None = Field(
+        default=None, description="Overrides the Accept header."
+    )
+
+
+class ModelOut(BaseModel):
+    id: int
+    version: str
+    architecture: str
+    onnx_sha256: str
+    threshold: float
+    tile_spec: dict[str, Any]
+    test_metrics: dict[str, Any]
+    confusion: dict[str, Any]
+    active: bool
+    created_at: datetime
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class StatsQuery(BaseModel):
+    period: Literal["day", "week", "month"] = "month"
+    model_id: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class ConfusionBucket(BaseModel):
+    model_id: int
+    period_start: datetime
+    jobs: int
+    confusion: dict[str, float | int]
+
+
+class ConfusionStats(BaseModel):
+    period: str
+    buckets: list[ConfusionBucket]
+
+
+class ClientIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    admin: bool = False
+
+
+class ClientOut(BaseModel):
+    id: int
+    name: str
+    role: str
+    key_prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ClientList(BaseModel):
+    clients: list[ClientOut]
+
+
+class ClientWithKey(ClientOut):
+    key: str = Field(description="The new API key. Shown once; store it now.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,54 @@
+"""Content-addressed slides and labels on the shared blob storage (`idcscan.core.storage`).
+
+An upload is staged in a local file while it is hashed and probed, then stored under its SHA-256:
+the same slide uploaded twice is stored once. On a local store, staging lives inside the store
+so that storing is an atomic rename, never a second copy of a multi-gigabyte file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from idcscan.core.storage import Storage, is_local, local_path, open_uri
+
+CHUNK = 1 << 20
+
+
+class BlobStore:
+    def __init__(self, root: str) -> None:
+        self.storage = Storage(root)
+        self.local = is_local(self.storage.root)
+
+    def uri(self, key: str) -> str:
+        return self.storage.uri(key)
+
+    def staging_dir(self) -> Path:
+        staging = local_path(self.uri("staging")) if self.local else Path(tempfile.gettempdir())
+        staging.mkdir(parents=True, exist_ok=True)
+        return staging
+
+    def store(self, staged: Path, key: str) -> bool:
+        """Move a staged file to `key`; False when that content was already stored (dedup)."""
+        if self.storage.exists(key):
+            staged.unlink(missing_ok=True)
+            return False
+        if self.local:
+            target = local_path(self.uri(key))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
+        else:
+            self.storage.put_file(staged, key)
+            staged.unlink(missing_ok=True)
+        return True
+
+    def delete(self, key: str) -> None:
+        self.storage.delete(key)
+
+    def iter_bytes(self, uri: str) -> Iterator[bytes]:
+        """Stream a stored file (a URI the worker recorded) in chunks."""
+        with open_uri(uri) as handle:
+            while block := handle.read(CHUNK):
+                yield block

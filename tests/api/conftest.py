@@ -1,0 +1,187 @@
+"""Fixtures of the API tests: a real HTTP server on a random port, over a migrated database.
+
+`service` runs the app in werkzeug's threaded server (real sockets, real concurrency) against the
+embedded SQLite database with its SQL broker, or PostgreSQL with Redis as the broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from werkzeug.serving import make_server
+
+from idcscan.core.db import Job, Model, make_engine, make_sessionmaker, transaction
+from idcscan.core.settings import Settings, get_settings
+from idcscan.core.tiles import TileSpec
+
+# kombu's SQL transport (the embedded broker) declares its tables with lazy="noload", deprecated
+# in SQLAlchemy 2.1: kombu's own warning, raised when the API first publishes to that broker.
+KOMBU_NOLOAD = pytest.mark.filterwarnings(
+    "ignore:The ``noload`` loader strategy is deprecated:sqlalchemy.exc.SADeprecationWarning"
+)
+
+
+@dataclass
+class Service:
+    url: str
+    settings: Settings
+    db: sessionmaker[Session]
+    add_client: Callable[..., str]
+    model_id: int
+
+    def get(self, path: str, key: str | None = None, **kwargs: Any) -> requests.Response:
+        return requests.get(self.url + path, headers=_auth(key, kwargs), timeout=30, **kwargs)
+
+    def post(self, path: str, key: str | None = None, **kwargs: Any) -> requests.Response:
+        return requests.post(self.url + path, headers=_auth(key, kwargs), timeout=60, **kwargs)
+
+    def submit(
+        self, key: str, slide: Path, name: str = "slide.svs", **kwargs: Any
+    ) -> requests.Response:
+        data = kwargs.pop("data", {})
+        files = {
+            "slide": (name, slide.open("rb"), "application/octet-stream"),
+            **kwargs.pop("files", {}),
+        }
+        try:
+            return self.post("/v1/jobs", key, files=files, data=data, **kwargs)
+        finally:
+            files["slide"][1].close()
+
+    def job_count(self) -> int:
+        with self.db() as session:
+            return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+    def published(self) -> list[bytes]:
+        """The task messages waiting in the broker (Redis, or the embedded SQL broker)."""
+        from idcscan.worker.celery_app import QUEUE
+
+        broker = self.settings.broker
+        if broker.startswith("redis"):
+            import redis
+
+            with redis.Redis.from_url(broker) as client:
+                return list(client.lrange(QUEUE, 0, -1))
+        engine = make_engine(broker.removeprefix("sqla+"))
+        try:
+            with engine.connect() as connection:
+                return [
+                    str(payload).encode()
+                    for (payload,) in connection.exec_driver_sql(
+                        "SELECT payload FROM kombu_message"
+                    )
+                ]
+        finally:
+            engine.dispose()
+
+    def stored_files(self) -> list[Path]:
+        """Every file in storage (slides, labels, staged uploads)."""
+        return sorted(p for p in Path(self.settings.storage).rglob("*") if p.is_file())
+
+
+def _auth(key: str | None, kwargs: dict[str, Any]) -> dict[str, str]:
+    headers = dict(kwargs.pop("headers", {}))
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def register_model(db: sessionmaker[Session], version: str = "test-1", active: bool = True) -> int:
+    spec = TileSpec(model_version=version)
+    with transaction(db) as session:
+        model = Model(
+            version=version,
+            architecture="resnet18",
+            onnx_sha256=hashlib.sha256(version.encode()).hexdigest(),
+            location=f"/models/{version}.onnx",
+            tile_spec={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()},
+            threshold=spec.threshold,
+            test_metrics={"balanced_accuracy": 0.85},
+            confusion={"tp": 8, "fp": 2, "tn": 9, "fn": 1},
+            active=active,
+        )
+        session.add(model)
+        session.flush()
+        return model.id
+
+
+@pytest.fixture
+def service_settings(request: pytest.FixtureRequest, migrated_url: str, tmp_path: Path) -> Settings:
+    """Embedded SQLite with its SQL broker, or PostgreSQL with Redis (as in production)."""
+    overrides: dict[str, Any] = {}
+    if migrated_url.startswith("postgresql"):
+        overrides["broker_url"] = request.getfixturevalue("redis_url")
+    root = tmp_path / "shared-slides"
+    root.mkdir()
+    return get_settings(
+        data_dir=tmp_path / "data",
+        database_url=migrated_url,
+        slide_uri_root=str(root),
+        max_upload_bytes=4 * 1024**2,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Settings], Service]]:
+    """Start the app for some settings on a real socket; stopped at the end of the test."""
+    from idcscan.api.app import create_app
+
+    servers = []
+
+    def start(settings: Settings) -> Service:
+        app = create_app(settings)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        engine = make_engine(settings.database)
+        servers.append((server, thread, app, engine))
+        db = make_sessionmaker(engine)
+
+        def add_client(name: str | None = None, admin: bool = False) -> str:
+            from idcscan.api.auth import add_client as add
+
+            with transaction(db) as session:
+                _client, key = add(session, name or f"client-{secrets.token_hex(4)}", admin)
+            return key
+
+        with db() as session:
+            active = session.scalar(select(Model.id).where(Model.active))
+        model_id = active if active is not None else register_model(db)
+        return Service(f"http://127.0.0.1:{server.server_port}", settings, db, add_client, model_id)
+
+    yield start
+    for server, thread, app, engine in servers:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+        engine.dispose()
+        app.extensions["idcscan.engine"].dispose()
+
+
+@pytest.fixture
+def service(serve: Callable[[Settings], Service], service_settings: Settings) -> Service:
+    return serve(service_settings)
+
+
+def plain_tiff(path: Path, mpp: float | None = None) -> Path:
+    """A real tiled TIFF (OpenSlide's generic-tiff); without `mpp` it states no pixel size."""
+    import tifffile
+
+    extra: dict[str, Any] = {}
+    if mpp is not None:
+        extra = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    image = np.full((512, 512, 3), 230, np.uint8)
+    tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb", **extra)
+    return path

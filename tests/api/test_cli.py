@@ -1,0 +1,59 @@
+"""`idcscan clients add|list|revoke|rotate`: the key alone on the last line, stored hashed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from idcscan.api.auth import find_client
+from idcscan.cli import main
+from idcscan.core.db import AuditEvent, Client, make_engine, make_sessionmaker
+from idcscan.core.migrate import upgrade
+
+pytestmark = pytest.mark.integration
+
+
+def _last_line(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_clients_lifecycle(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    upgrade(database_url)
+    monkeypatch.setenv("IDCSCAN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("IDCSCAN_DATABASE_URL", database_url)
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        assert main(["clients", "add", "ops", "--admin"]) == 0
+        key = _last_line(capsys)
+        assert main(["clients", "add", "hospital"]) == 0
+        hospital_key = _last_line(capsys)
+        with sessions() as session:
+            found = find_client(session, key)
+            assert found is not None and found.name == "ops" and found.role == "admin"
+            assert key not in {c.key_hash for c in session.scalars(select(Client))}
+
+        assert main(["clients", "rotate", "hospital"]) == 0
+        rotated = _last_line(capsys)
+        assert main(["clients", "list"]) == 0
+        listing = capsys.readouterr().out
+        assert "hospital" in listing and rotated not in listing
+        assert main(["clients", "revoke", "ops"]) == 0
+        with sessions() as session:
+            assert find_client(session, hospital_key) is None
+            assert find_client(session, rotated) is not None
+            assert find_client(session, key) is None
+            actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
+        assert actions == ["client.create", "client.create", "client.rotate", "client.revoke"]
+
+        assert main(["clients", "add", "hospital"]) == 2  # a name is taken once
+        assert main(["clients", "revoke", "nobody"]) == 2
+    finally:
+        engine.dispose()

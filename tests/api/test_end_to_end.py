@@ -1,0 +1,213 @@
+"""The whole service as deployed: `idcscan api` (gunicorn) and `idcscan worker` as processes.
+
+A client made with `idcscan clients add` submits the assembled patient 8916 with its labels over
+HTTP, polls until a real worker has scored it, and fetches every result format. The upload's file
+name carries a canary that must appear in no log line of either process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from idcscan.core.migrate import upgrade
+from tests.conftest import SAMPLE_PATIENTS
+
+from .conftest import KOMBU_NOLOAD
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "idcscan.cli", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait(5)
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "idcscan.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def _wait_until_up(url: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or workers still booting
+            time.sleep(0.2)
+    pytest.fail(f"the API did not come up; log:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def assembled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from idcscan.worker.assemble import assemble
+
+    out = tmp_path_factory.mktemp("assembled") / "8916.tiff"
+    assemble(SAMPLE_PATIENTS / "8916", out)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["redis+postgresql", pytest.param("embedded", marks=KOMBU_NOLOAD)])
+def test_submit_score_and_fetch_everything(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, assembled: Path
+) -> None:
+    from tests.worker.models import build_model
+
+    env = {
+        "IDCSCAN_DATA_DIR": str(tmp_path / "data"),
+        "IDCSCAN_INFERENCE_THREADS": "1",
+        "IDCSCAN_LOG_LEVEL": "DEBUG",
+    }
+    if mode == "embedded":
+        env["IDCSCAN_DATABASE_URL"] = f"sqlite:///{tmp_path / 'data' / 'idcscan.sqlite3'}"
+    else:
+        env["IDCSCAN_DATABASE_URL"] = request.getfixturevalue("postgres_url")
+        env["IDCSCAN_BROKER_URL"] = request.getfixturevalue("redis_url")
+        env["IDCSCAN_RATE_LIMIT_STORAGE_URL"] = request.getfixturevalue("redis_url")
+    upgrade(env["IDCSCAN_DATABASE_URL"])
+    model = build_model(tmp_path / "tiny.onnx")
+    cli(env, "models", "register", str(model), "--activate")
+    key = cli(env, "clients", "add", "hospital").strip().splitlines()[-1]
+
+    canary = f"CANARY-{uuid.uuid4().hex}"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
+    auth = {"Authorization": f"Bearer {key}"}
+    with (
+        process(["api", "--port", str(port), "--workers", "2"], env, api_log),
+        process(["worker", "--concurrency=1"], env, worker_log),
+    ):
+        _wait_until_up(url, api_log)
+        assert requests.get(url + "/readyz", timeout=10).json() == {
+            "status": "ok",
+            "checks": {"database": "ok", "broker": "ok"},
+        }
+        with assembled.open("rb") as slide, assembled.with_suffix(".geojson").open("rb") as labels:
+            files = {"slide": (f"{canary}.tiff", slide), "labels": (f"{canary}.geojson", labels)}
+            submitted = requests.post(url + "/v1/jobs", files=files, headers=auth, timeout=60)
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+        assert job["labelled"] is True
+        rejected = requests.post(
+            url + "/v1/jobs",
+            files={"slide": (f"{canary}.svs", b"not a slide")},
+            headers=auth,
+            timeout=10,
+        )
+        assert rejected.status_code == 415
+
+        deadline = time.monotonic() + 120
+        while (
+            status := requests.get(url + f"/v1/jobs/{job['id']}", headers=auth, timeout=5).json()
+        )["status"] in ("queued", "running"):
+            if time.monotonic() > deadline:
+                pytest.fail(f"not scored in time: {status}\n{worker_log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        assert status["status"] == "succeeded", (status, worker_log.read_text()[-3000:])
+        assert status["progress"]["tiles_done"] == status["progress"]["tiles_total"] > 0
+
+        base = url + f"/v1/jobs/{job['id']}"
+        result = requests.get(base + "/result", headers=auth, timeout=10).json()
+        assert result["tissue_tiles"] > 0
+        assert result["confusion"] is not None
+        assert next(iter(result["confusion"])) == "missed_idc"
+
+        tiles = requests.get(base + "/tiles", headers=auth, timeout=10).json()
+        assert tiles["job_id"] == job["id"]
+        assert len(tiles["tiles"]) == status["progress"]["tiles_total"]
+        as_csv = requests.get(base + "/tiles", headers={**auth, "Accept": "text/csv"}, timeout=10)
+        assert as_csv.headers["Content-Type"].startswith("text/csv")
+        assert len(list(csv.DictReader(io.StringIO(as_csv.text)))) == len(tiles["tiles"])
+
+        heatmap = requests.get(base + "/heatmap.png", headers=auth, timeout=10)
+        assert heatmap.status_code == 200
+        assert heatmap.content.startswith(b"\x89PNG")
+        geojson = requests.get(base + "/annotations.geojson", headers=auth, timeout=10)
+        assert geojson.headers["Content-Type"] == "application/geo+json"
+        assert geojson.json()["type"] == "FeatureCollection"
+
+        stats = requests.get(
+            url + "/v1/stats/confusion?period=day", headers=auth, timeout=10
+        ).json()
+        assert [b["jobs"] for b in stats["buckets"]] == [1]
+        assert stats["buckets"][0]["confusion"]["tp"] == result["confusion"]["tp"]
+
+        metrics = requests.get(url + "/metrics", timeout=10).text
+        assert 'idcscan_jobs{status="succeeded"} 1.0' in metrics
+        assert "idcscan_tiles_scored_total" in metrics
+        assert (
+            'idcscan_http_request_duration_seconds_count{method="GET",route="/v1/jobs/<uuid:job_id>"'
+            in metrics
+        )
+
+    logs = api_log.read_text() + worker_log.read_text()
+    assert job["id"] in logs  # the logs do name jobs...
+    assert canary not in logs  # ...and never file names
+
+
+@KOMBU_NOLOAD
+def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
+    from tests.worker.models import build_model
+
+    model = build_model(tmp_path / "tiny.onnx")
+    out = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDCSCAN_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "idcscan.cli", "demo", "--model", str(model), "--out", str(out)],
+        env={**env, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("patient-8916", "patient-9125", "CMU-1-Small-Region"):
+        assert (out / name / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+        assert json.loads((out / name / "idc.geojson").read_text())["type"] == "FeatureCollection"
+    assert done.stdout.count("missed IDC tiles") == 2  # the two labelled patients
+    assert "stopping the API and the worker" in done.stdout

@@ -1,0 +1,85 @@
+"""Health, readiness, metrics, the OpenAPI document and errors for routes that do not exist."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+
+from idcscan.core.settings import Settings
+
+from .conftest import Service
+
+pytestmark = pytest.mark.integration
+
+UNDOCUMENTED = {"/static/<path:filename>", "/openapi.json", "/docs", "/docs/openapi.json"}
+
+
+def test_health_readiness_and_metrics(service: Service) -> None:
+    assert service.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = service.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    service.get("/v1/jobs", service.add_client())
+    metrics = service.get("/metrics")
+    assert metrics.headers["Content-Type"].startswith("text/plain")
+    text = metrics.text
+    assert 'idcscan_jobs{status="queued"} 0.0' in text
+    assert "idcscan_queue_depth 0.0" in text
+    assert "idcscan_tiles_scored_total 0.0" in text
+    assert (
+        'idcscan_http_request_duration_seconds_count{method="GET",route="/v1/jobs",status="200"} 1.0'
+        in text
+    )
+
+
+def test_readiness_fails_when_the_broker_is_down(serve, service_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    service = serve(service_settings.model_copy(update={"broker_url": "redis://127.0.0.1:9/0"}))
+    ready = service.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable"
+    assert ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["broker"] != "ok"
+
+
+def _rule_to_openapi(rule: str) -> str:
+    return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule)
+
+
+def test_the_spec_validates_and_matches_the_routes(service: Service) -> None:
+    document: dict[str, Any] = service.get("/openapi.json").json()
+    validate(document)  # type: ignore[arg-type]
+    from idcscan.api.app import create_app
+
+    app = create_app(service.settings)
+    routes = {
+        (_rule_to_openapi(rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule not in UNDOCUMENTED
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}
+    }
+    documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
+    assert documented == routes
+    submit = document["paths"]["/v1/jobs"]["post"]
+    assert set(submit["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert submit["responses"]["415"]["content"].keys() == {"application/problem+json"}
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+    }
+    assert "redoc" in service.get("/docs").text
+
+
+def test_unknown_routes_and_methods_are_problems(service: Service) -> None:
+    key = service.add_client()
+    missing = service.get("/v1/nothing", key)
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"] == "application/problem+json"
+    assert missing.json()["type"] == "urn:idcscan:problem:not-found"
+    wrong = service.post("/healthz")
+    assert wrong.status_code == 405
+    assert wrong.json()["type"] == "urn:idcscan:problem:method-not-allowed"
+    assert "GET" in wrong.headers["Allow"]
+    assert service.get("/v1/jobs/not-a-uuid", key).status_code == 404

@@ -1,0 +1,116 @@
+"""The upload stream and the slide_uri root check, without a server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from idcscan.api.problems import Problem
+from idcscan.api.upload import CHUNK, receive_multipart, resolve_slide_uri
+from idcscan.core.errors import InvalidInput
+
+BOUNDARY = "b0undary"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def _body(slide: bytes, filename: str = "s.svs", **fields: str) -> bytes:
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="slide"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + slide
+        + b"\r\n"
+    )
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+class CountingStream(io.BytesIO):
+    """Records the size of every read, to prove the body is consumed in bounded chunks."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads.append(-1 if size is None else size)
+        return super().read(size)
+
+
+def test_a_large_upload_is_streamed_and_hashed(tmp_path: Path) -> None:
+    slide = os.urandom(3 * 1024**2 + 17)
+    stream = CountingStream(_body(slide, mpp="0.25"))
+    upload = receive_multipart(stream, CONTENT_TYPE, tmp_path, max_slide_bytes=len(slide))
+    staged = upload.files["slide"]
+    assert staged.sha256 == hashlib.sha256(slide).hexdigest()
+    assert staged.size == len(slide)
+    assert staged.path.read_bytes() == slide
+    assert staged.path.suffix == ".svs"
+    assert upload.fields == {"mpp": "0.25"}
+    assert max(stream.reads) == CHUNK and len(stream.reads) > 40
+    upload.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _body(b"x" * 2000),
+        _body(b"x" * 10)[:-30],
+        _body(b"x" * 10, colour="red"),
+        _body(b"x", mpp="1" * 2000),
+    ],
+    ids=["over-the-limit", "cut-short", "unknown-field", "field-too-long"],
+)
+def test_a_refused_upload_leaves_no_staged_file(tmp_path: Path, body: bytes) -> None:
+    with pytest.raises((Problem, InvalidInput)):
+        receive_multipart(io.BytesIO(body), CONTENT_TYPE, tmp_path, max_slide_bytes=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_file_name_is_reduced_to_a_safe_extension(tmp_path: Path) -> None:
+    for name, suffix in [
+        ("patient-smith.SVS", ".svs"),
+        ("../../x", ""),
+        ("a.b c", ""),
+        ("noext", ""),
+    ]:
+        upload = receive_multipart(
+            io.BytesIO(_body(b"x", filename=name)), CONTENT_TYPE, tmp_path, 10
+        )
+        assert upload.files["slide"].path.name.startswith("upload-")
+        assert upload.files["slide"].path.suffix == suffix
+        upload.discard()
+
+
+def test_slide_uri_must_stay_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "cases").mkdir(parents=True)
+    (root / "cases" / "a.svs").touch()
+    os.symlink(tmp_path, root / "escape")
+    assert resolve_slide_uri("cases/a.svs", str(root)) == str(root / "cases" / "a.svs")
+    assert resolve_slide_uri(f"file://{root}/cases/a.svs", str(root)) == str(
+        root / "cases" / "a.svs"
+    )
+    assert (
+        resolve_slide_uri("s3://bucket/slides/a.svs", "s3://bucket/slides")
+        == "s3://bucket/slides/a.svs"
+    )
+    for uri, base in [
+        ("../a.svs", str(root)),
+        ("escape/outside.svs", str(root)),
+        (str(root), str(root)),
+        ("s3://bucket/slides/../private/a.svs", "s3://bucket/slides"),
+        ("s3://bucket/slides-evil/a.svs", "s3://bucket/slides"),
+        ("gs://bucket/slides/a.svs", "s3://bucket/slides"),
+        ("/etc/passwd", str(root)),
+    ]:
+        with pytest.raises(Problem) as refused:
+            resolve_slide_uri(uri, base)
+        assert refused.value.code == "slide-uri-outside-root", uri
