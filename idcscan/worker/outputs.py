@@ -29,6 +29,8 @@ _RAMP = np.array(
 MISSED_COLOUR = (0, 230, 255)
 """Cyan: IDC in the ground truth that the model called negative. Stands out against the ramp."""
 OVERLAY_ALPHA = 0.55
+MIN_PICTURE_SIDE = 720
+"""Small slides are enlarged to this many pixels on their longer side, so a tile stays visible."""
 
 
 def colour_map(p: np.ndarray) -> np.ndarray:
@@ -42,6 +44,10 @@ def colour_map(p: np.ndarray) -> np.ndarray:
 def heatmap_png(score: SlideScore) -> bytes:
     """The slide's thumbnail with the probability of each tile over it, a legend, missed IDC."""
     thumb = Image.fromarray(score.tissue.thumbnail).convert("RGB")
+    enlarge = MIN_PICTURE_SIDE / max(thumb.size)
+    if enlarge > 1:
+        size = (round(thumb.width * enlarge), round(thumb.height * enlarge))
+        thumb = thumb.resize(size, Image.Resampling.BICUBIC)
     grid = score.probability_grid()
     rgba = np.zeros((*grid.shape, 4), dtype=np.uint8)
     scored = ~np.isnan(grid)
@@ -70,7 +76,8 @@ def heatmap_png(score: SlideScore) -> bytes:
     for value in (0.0, threshold, 1.0):
         x = 10 + round(value * (bar_w - 1))
         draw.line((x, top + 28, x, top + 32), fill="black")
-        draw.text((x - 6, top + 34), f"{value:g}", fill="black", font=font)
+        label = f"{value:.2f} threshold" if 0 < value < 1 else f"{value:g}"
+        draw.text((x - 6, top + 34), label, fill="black", font=font)
     if missed is not None:
         draw.rectangle((230, top + 14, 244, top + 28), fill=MISSED_COLOUR, outline="black")
         draw.text((250, top + 14), f"missed IDC ({int(missed.sum())})", fill="black", font=font)
