@@ -11,14 +11,10 @@ import csv
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,61 +22,11 @@ import requests
 
 from idcscan.core.migrate import upgrade
 from tests.conftest import SAMPLE_PATIENTS
+from tests.processes import free_port, idcscan_cli, idcscan_process, wait_until_up
 
 from .conftest import KOMBU_NOLOAD
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "idcscan.cli", *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(5)
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "idcscan.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout
-
-
-def _wait_until_up(url: str, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:  # not listening yet, or workers still booting
-            time.sleep(0.2)
-    pytest.fail(f"the API did not come up; log:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -111,19 +57,19 @@ def test_submit_score_and_fetch_everything(
         env["IDCSCAN_RATE_LIMIT_STORAGE_URL"] = request.getfixturevalue("redis_url")
     upgrade(env["IDCSCAN_DATABASE_URL"])
     model = build_model(tmp_path / "tiny.onnx")
-    cli(env, "models", "register", str(model), "--activate")
-    key = cli(env, "clients", "add", "hospital").strip().splitlines()[-1]
+    idcscan_cli(env, "models", "register", str(model), "--activate")
+    key = idcscan_cli(env, "clients", "add", "hospital").strip().splitlines()[-1]
 
     canary = f"CANARY-{uuid.uuid4().hex}"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
     auth = {"Authorization": f"Bearer {key}"}
     with (
-        process(["api", "--port", str(port), "--workers", "2"], env, api_log),
-        process(["worker", "--concurrency=1"], env, worker_log),
+        idcscan_process(["api", "--port", str(port), "--workers", "2"], env, api_log),
+        idcscan_process(["worker", "--concurrency=1"], env, worker_log),
     ):
-        _wait_until_up(url, api_log)
+        wait_until_up(url, api_log)
         assert requests.get(url + "/readyz", timeout=10).json() == {
             "status": "ok",
             "checks": {"database": "ok", "broker": "ok"},

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from idcscan.core.settings import get_settings
 from idcscan.worker.assemble import write_pyramid
 from idcscan.worker.publish import publish_job
 from tests.conftest import SAMPLE_PATIENTS
+from tests.processes import idcscan_process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,24 +34,8 @@ JobMaker = Callable[..., uuid.UUID]
 def running_worker(
     env: dict[str, str], log: Path, *extra: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "idcscan.cli", "worker", "--concurrency=1", *extra],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    with idcscan_process(["worker", "--concurrency=1", *extra], env, log) as process:
         yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
 
 
 def wait_for(sessions, job_id: uuid.UUID, predicate, timeout: float, log: Path) -> Job:  # type: ignore[no-untyped-def]

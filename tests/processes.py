@@ -1,0 +1,83 @@
+"""Run idcscan's own commands as real processes, the way an operator (or docker compose) does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def idcscan_process(
+    args: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`idcscan ARGS` in the background, output to `log`; stopped with SIGTERM (then SIGKILL)."""
+    with open(log, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "idcscan.cli", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait(5)
+
+
+def idcscan_cli(env: dict[str, str], *args: str) -> str:
+    """`idcscan ARGS` to completion; its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "idcscan.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"idcscan {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def wait_until_up(url: str, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or workers still booting
+            time.sleep(0.2)
+    pytest.fail(f"the API did not come up; log:\n{log.read_text()[-3000:]}")
+
+
+def wait_for_line(log: Path, text: str, timeout: float = 60) -> None:
+    """Until `text` appears in `log` (e.g. Celery's 'ready.')."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{text!r} never appeared in {log.name}:\n{log.read_text()[-3000:]}")
