@@ -1,0 +1,150 @@
+"""Subcommands of the trainer: `train`, `compare`, `export`, `evaluate`, `models register`.
+
+Light at import: torch, onnx and onnxruntime are imported inside the handlers, and `evaluate` and
+`models register` never import torch at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from idcscan.trainer.options import add_compare_arguments, add_train_arguments
+
+
+def register(subparsers: Any) -> None:
+    train = subparsers.add_parser("train", help="train one model on a patient-level split")
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
+
+    compare = subparsers.add_parser(
+        "compare", help="train every architecture on one split, report, export the best"
+    )
+    add_compare_arguments(compare)
+    compare.set_defaults(func=_compare)
+
+    export = subparsers.add_parser("export", help="export a training run to ONNX")
+    export.add_argument("run", help="run folder of `idcscan train`")
+    export.add_argument("--out", required=True, help="ONNX file to write")
+    export.add_argument(
+        "--data",
+        default=None,
+        help="patches for the parity check (default: the run's validation patients)",
+    )
+    export.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write <name>-int8.onnx and measure its accuracy change",
+    )
+    export.set_defaults(func=_export)
+
+    evaluate = subparsers.add_parser("evaluate", help="figures of an ONNX model on a patch folder")
+    evaluate.add_argument("--model", required=True, help="ONNX model file")
+    evaluate.add_argument(
+        "--data", required=True, help="folder in the layout <patient>/<0|1>/*.png"
+    )
+    evaluate.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold (default: the model's own)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(func=_evaluate)
+
+    models = subparsers.add_parser("models", help="the model registry")
+    models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    reg = models_sub.add_parser("register", help="record an exported model in the database")
+    reg.add_argument("model", help="ONNX model file exported by idcscan")
+    reg.add_argument("--activate", action="store_true", help="make it the active model")
+    reg.set_defaults(func=_models_register)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from idcscan.trainer import train
+
+    metrics = train.main(args)
+    print(
+        json.dumps(
+            {
+                "threshold": metrics["threshold"],
+                "val": metrics["val"]["overall"],
+                "test": metrics["test"]["overall"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from idcscan.trainer import compare
+
+    report = compare.main(args)
+    print((Path(args.out) / "comparison.md").read_text())
+    print(f"best on validation: {report['best']} -> {report['export']['onnx']}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from idcscan.trainer.data import load_patches
+    from idcscan.trainer.export import export_run
+
+    run = Path(args.run)
+    metrics_path = run / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{run} is not a finished training run (no metrics.json)")
+    if args.data is not None:
+        patches = load_patches(Path(args.data))
+    else:
+        metrics = json.loads(metrics_path.read_text())
+        patches = load_patches(Path(metrics["data"]["root"]), metrics["split"]["val"])
+    summary = export_run(run, Path(args.out), patches.tiles, patches.labels, int8=args.int8)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from idcscan.trainer.evaluate import evaluate_onnx, json_safe
+
+    report = json_safe(evaluate_onnx(Path(args.model), Path(args.data), args.threshold))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    overall = report["overall"]
+    print(
+        f"{report['model_version']} ({report['architecture']}) on {report['data']}, "
+        f"threshold {overall['threshold']:.4f}"
+    )
+    for name in (
+        "n",
+        "missed_idc",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "accuracy",
+        "balanced_accuracy",
+        "precision",
+        "recall",
+        "specificity",
+        "f1",
+        "auroc",
+        "pr_auc",
+    ):
+        value = overall[name]
+        print(f"  {name:18} {value:.4f}" if isinstance(value, float) else f"  {name:18} {value}")
+    return 0
+
+
+def _models_register(args: argparse.Namespace) -> int:
+    from idcscan.core.registry import register_model
+
+    row = register_model(Path(args.model), activate=args.activate)
+    print(
+        f"registered model {row['id']}: {row['version']} ({row['architecture']})"
+        + (", active" if row["active"] else "")
+    )
+    return 0

@@ -1,0 +1,90 @@
+"""Command-line options of `idcscan train` and `idcscan compare`; torch-free so the CLI stays light."""
+
+from __future__ import annotations
+
+import argparse
+
+from idcscan.trainer.balance import STRATEGIES
+from idcscan.trainer.evaluate import THRESHOLD_RULES
+
+ARCHITECTURES = ("alexnet", "resnet18", "densenet121")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset root: <patient>/<0|1>/*.png")
+    parser.add_argument(
+        "--split",
+        default="auto",
+        choices=("auto", "canonical", "seeded"),
+        help="patient-level split rule (see idcscan.trainer.splits)",
+    )
+    parser.add_argument("--folds", type=int, default=0, help="K-fold by patient (0: no folds)")
+    parser.add_argument("--fold", type=int, default=0, help="which fold is the test fold")
+    parser.add_argument("--seed", type=int, default=0, help="seeds splits, sampling, weights")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--width",
+        type=float,
+        default=1.0,
+        help="channel multiplier of every network (1.0 = published widths)",
+    )
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many epochs without a better validation AUROC",
+    )
+    parser.add_argument("--threshold-rule", default="balanced-accuracy", choices=THRESHOLD_RULES)
+    parser.add_argument(
+        "--min-sensitivity", type=float, default=0.90, help="for --threshold-rule sensitivity"
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all)")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH",
+        help="state dict of ImageNet weights to start from (matching names/shapes)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's last checkpoint"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_balance_argument(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        parser.add_argument(
+            "--balance",
+            nargs="+",
+            default=["weighted"],
+            choices=STRATEGIES,
+            help="class-imbalance strategies to compare",
+        )
+    else:
+        parser.add_argument("--balance", default="weighted", choices=STRATEGIES)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option of `idcscan train`."""
+    add_data_arguments(parser)
+    parser.add_argument("--arch", default="resnet18", choices=ARCHITECTURES)
+    add_balance_argument(parser)
+    add_training_arguments(parser)
+    parser.add_argument("--out", required=True, help="run folder")
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every option of `idcscan compare`."""
+    add_data_arguments(parser)
+    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    add_balance_argument(parser, many=True)
+    add_training_arguments(parser)
+    parser.add_argument("--int8", action="store_true", help="also export an INT8 variant")
+    parser.add_argument("--out", required=True, help="comparison folder")
