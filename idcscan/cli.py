@@ -1,4 +1,5 @@
-"""The `idcscan` command: one entry point; each part registers its own subcommands.
+"""The `idcscan` command: one entry point; each part registers its own subcommands, and the demo,
+which spans all parts, is registered here.
 
 Parts register through `register(subparsers)` in their `commands` module, which must stay light:
 heavy imports (torch, onnxruntime, Flask, Celery) happen inside the handlers, so that e.g.
@@ -11,29 +12,40 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from idcscan import __version__
 from idcscan.core.errors import IdcscanError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from idcscan.api import commands as api_commands
     from idcscan.core import commands as core_commands
+    from idcscan.trainer import commands as trainer_commands
+    from idcscan.worker import commands as worker_commands
 
     parser = argparse.ArgumentParser(
         prog="idcscan", description="Detect invasive ductal carcinoma in H&E breast slides."
     )
     parser.add_argument("--version", action="version", version=f"idcscan {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    core_commands.register(subparsers)
-    for part in ("trainer", "worker", "api"):
-        try:
-            module = __import__(f"idcscan.{part}.commands", fromlist=["register"])
-        except ModuleNotFoundError as exc:  # a part not built yet
-            if exc.name not in (f"idcscan.{part}", f"idcscan.{part}.commands"):
-                raise
-            continue
-        module.register(subparsers)
+    for part in (core_commands, trainer_commands, worker_commands, api_commands):
+        part.register(subparsers)
+
+    demo = subparsers.add_parser(
+        "demo", help="the whole service on embedded defaults, end to end (no servers needed)"
+    )
+    demo.add_argument("--out", type=Path, default=Path("idcscan-demo"), help="where results go")
+    demo.add_argument("--model", type=Path, help="ONNX model (default: the reference model)")
+    demo.add_argument("--keep", action="store_true", help="keep the service's data folder and logs")
+    demo.set_defaults(func=_demo)
     return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from idcscan.demo import run_demo
+
+    return run_demo(args.out, args.model, args.keep)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,8 @@
 """`idcscan demo`: the whole service on embedded defaults, end to end, in one command.
 
+It spans every part (it assembles slides with the worker's code and registers the model), so it
+lives beside `cli.py` rather than inside one part.
+
 In a fresh data folder (SQLite database, SQL broker, local storage; no servers): register the
 model, create a client, start `idcscan api` (gunicorn) and one `idcscan worker`, submit the
 bundled real slides over HTTP (the two sample patients reassembled into pyramidal TIFFs with
@@ -35,7 +38,7 @@ from rich.table import Table
 
 from idcscan.core.settings import Settings, get_settings
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 PATIENTS = ("8916", "9125")
 APERIO = SAMPLES / "wsi" / "CMU-1-Small-Region.svs"
 CHUNK = 1 << 20
@@ -158,7 +161,7 @@ def _wait_ready(client: Client, processes: list[subprocess.Popen[bytes]], logs: 
 def _prepare(settings: Settings, model: Path, work: Path) -> tuple[str, list[DemoSlide]]:
     from idcscan.api.auth import add_client
     from idcscan.core.db import make_engine, make_sessionmaker, transaction
-    from idcscan.trainer.registry import register_model
+    from idcscan.core.registry import register_model
     from idcscan.worker.assemble import assemble
 
     registered = register_model(model, activate=True, database=settings.database)

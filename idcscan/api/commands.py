@@ -1,4 +1,4 @@
-"""Subcommands of the API: `api` (serve with gunicorn), `clients add|list|revoke|rotate`, `demo`.
+"""Subcommands of the API: `api` (serve with gunicorn), `clients add|list|revoke|rotate`.
 
 Light on purpose: Flask, gunicorn and SQLAlchemy are imported inside the handlers.
 """
@@ -9,7 +9,6 @@ import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 
@@ -24,14 +23,6 @@ def register(subparsers: Any) -> None:
     )
     api.add_argument("--threads", type=int, default=4, help="threads per process")
     api.set_defaults(func=_serve)
-
-    demo = subparsers.add_parser(
-        "demo", help="the whole service on embedded defaults, end to end (no servers needed)"
-    )
-    demo.add_argument("--out", type=Path, default=Path("idcscan-demo"), help="where results go")
-    demo.add_argument("--model", type=Path, help="ONNX model (default: the reference model)")
-    demo.add_argument("--keep", action="store_true", help="keep the service's data folder and logs")
-    demo.set_defaults(func=_demo)
 
     clients = subparsers.add_parser("clients", help="manage API clients and their keys")
     sub = clients.add_subparsers(dest="clients_command", required=True, metavar="ACTION")
@@ -120,12 +111,6 @@ def _clients_rotate(args: argparse.Namespace) -> int:
     print(f"client {args.name!r} has a new key (the old one no longer works), shown this once:")
     print(key)
     return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from idcscan.api.demo import run_demo
-
-    return run_demo(args.out, args.model, args.keep)
 
 
 def _serve(args: argparse.Namespace) -> int:

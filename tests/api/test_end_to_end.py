@@ -135,25 +135,3 @@ def test_submit_score_and_fetch_everything(
     logs = api_log.read_text() + worker_log.read_text()
     assert job["id"] in logs  # the logs do name jobs...
     assert canary not in logs  # ...and never file names
-
-
-@KOMBU_NOLOAD
-def test_the_demo_runs_end_to_end(tmp_path: Path) -> None:
-    from tests.worker.models import build_model
-
-    model = build_model(tmp_path / "tiny.onnx")
-    out = tmp_path / "results"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IDCSCAN_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "idcscan.cli", "demo", "--model", str(model), "--out", str(out)],
-        env={**env, "COLUMNS": "120"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("patient-8916", "patient-9125", "CMU-1-Small-Region"):
-        assert (out / name / "heatmap.png").read_bytes().startswith(b"\x89PNG")
-        assert json.loads((out / name / "idc.geojson").read_text())["type"] == "FeatureCollection"
-    assert done.stdout.count("missed IDC tiles") == 2  # the two labelled patients
-    assert "stopping the API and the worker" in done.stdout

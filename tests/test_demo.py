@@ -1,0 +1,41 @@
+"""The README's first command: `idcscan demo`, as shipped (the reference model, embedded mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.api.conftest import KOMBU_NOLOAD
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@KOMBU_NOLOAD
+def test_the_demo_runs_end_to_end_with_the_reference_model(tmp_path: Path) -> None:
+    assert (ROOT / "models" / "idc-reference.onnx").is_file()
+    out = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDCSCAN_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "idcscan.cli", "demo", "--out", str(out)],
+        env={**env, "COLUMNS": "120", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("patient-8916", "patient-9125", "CMU-1-Small-Region"):
+        assert (out / name / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+        assert json.loads((out / name / "idc.geojson").read_text())["type"] == "FeatureCollection"
+    for patient in ("patient-8916", "patient-9125"):
+        result = json.loads((out / patient / "result.json").read_text())
+        assert result["slide_call"] == "idc", result  # both patients have IDC
+        assert result["confusion"]["tp"] > 0
+    assert done.stdout.count("missed IDC tiles") == 2  # the two labelled patients
+    assert "idc-resnet18" in done.stdout  # the reference model, not a stand-in
+    assert "stopping the API and the worker" in done.stdout
