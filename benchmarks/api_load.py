@@ -21,20 +21,17 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
 from benchmarks._common import ROOT, benchmark_model
+from idcscan.processes import free_port, idcscan_process
 
 SLIDE = ROOT / "samples" / "wsi" / "CMU-1-Small-Region.svs"
 BOUNDARY = "idcscan-bench-boundary"
@@ -65,26 +62,6 @@ def _cli(env: dict[str, str], *args: str) -> str:
         capture_output=True,
         text=True,
     ).stdout
-
-
-@contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
-    with open(log, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "idcscan.cli", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield
-    finally:
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
 
 
 def _wrk(
@@ -118,12 +95,6 @@ def _parse(out: str) -> dict[str, float]:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     figures["non_2xx"] = float(errors.group(1)) if errors else 0.0
     return figures
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def main() -> None:
@@ -165,7 +136,7 @@ def main() -> None:
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = ["api", "--port", str(port)] + (
         ["--workers", str(args.api_workers)] if args.api_workers else []
@@ -176,8 +147,8 @@ def main() -> None:
         "broker": args.broker or "sqla+sqlite",
     }
     with (
-        _process(api, env, work / "api.log"),
-        _process(["worker", "--concurrency=1"], env, work / "worker.log"),
+        idcscan_process(api, env, work / "api.log"),
+        idcscan_process(["worker", "--concurrency=1"], env, work / "worker.log"),
     ):
         deadline = time.monotonic() + 60
         while True:

@@ -20,14 +20,11 @@ import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from idcscan.core.settings import Settings, get_settings
+from idcscan.processes import free_port, idcscan_process
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 PATIENTS = ("8916", "9125")
@@ -112,34 +110,6 @@ class Client:
         if status != 202:
             raise RuntimeError(f"submitting {slide.name}: {status} {answer[:300]!r}")
         return dict(json.loads(answer))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def _process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with open(log, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "idcscan.cli", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield child
-    finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(5)
 
 
 def _wait_ready(client: Client, processes: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
@@ -284,14 +254,16 @@ def run_demo(out: Path, model: Path | None = None, keep: bool = False) -> int:
     try:
         upgrade(settings.database)
         key, slides = _prepare(settings, model, work)
-        port = _free_port()
+        port = free_port()
         client = Client(port, key)
         logs = [work / "api.log", work / "worker.log"]
         with ExitStack() as stack:
             api = stack.enter_context(
-                _process(["api", "--port", str(port), "--workers", "1"], env, logs[0])
+                idcscan_process(["api", "--port", str(port), "--workers", "1"], env, logs[0])
             )
-            worker = stack.enter_context(_process(["worker", "--concurrency=1"], env, logs[1]))
+            worker = stack.enter_context(
+                idcscan_process(["worker", "--concurrency=1"], env, logs[1])
+            )
             _wait_ready(client, [api, worker], logs)
             console.print(
                 f"API on http://127.0.0.1:{port} (docs at /docs), one worker; submitting {len(slides)} slides"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,36 +13,19 @@ from pathlib import Path
 import pytest
 import requests
 
+from idcscan.processes import free_port
+from idcscan.processes import idcscan_process as run_in_background
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["free_port", "idcscan_cli", "idcscan_process", "wait_for_line", "wait_until_up"]
 
 
 @contextmanager
 def idcscan_process(
     args: list[str], env: dict[str, str], log: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`idcscan ARGS` in the background, output to `log`; stopped with SIGTERM (then SIGKILL)."""
-    with open(log, "ab") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "idcscan.cli", *args],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    """`idcscan ARGS` in the background with the test's environment on top of this process's."""
+    with run_in_background(args, {**os.environ, **env}, log, stop_timeout=20) as child:
         yield child
-    finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait(5)
 
 
 def idcscan_cli(env: dict[str, str], *args: str) -> str:

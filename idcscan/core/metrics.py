@@ -90,36 +90,35 @@ class Confusion:
         }
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False-positive rate, true-positive rate and thresholds, one point per distinct score."""
+def _ranked(
+    labels: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Cumulative true positives and predicted positives at each distinct score, highest first,
+    with the distinct scores and the class counts."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
     order = np.argsort(-s, kind="mergesort")
     s, y = s[order], y[order]
     distinct = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
     tps = np.cumsum(y)[distinct]
-    fps = (distinct + 1) - tps
-    pos, neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    tpr = np.r_[0.0, tps / pos]
-    fpr = np.r_[0.0, fps / neg]
-    thresholds = np.r_[np.inf, s[distinct]]
-    return fpr, tpr, thresholds
+    return tps, distinct + 1, s[distinct], int(y.sum())
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, true-positive rate and thresholds, one point per distinct score."""
+    tps, predicted, thresholds, positives = _ranked(labels, scores)
+    negatives = np.asarray(labels).size - positives
+    tpr = np.r_[0.0, tps / max(positives, 1)]
+    fpr = np.r_[0.0, (predicted - tps) / max(negatives, 1)]
+    return fpr, tpr, np.r_[np.inf, thresholds]
 
 
 def precision_recall_curve(
     labels: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Precision, recall and thresholds, from the highest threshold down."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    distinct = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
-    tps = np.cumsum(y)[distinct]
-    predicted = distinct + 1
-    precision = tps / predicted
-    recall = tps / max(int(y.sum()), 1)
-    return precision, recall, s[distinct]
+    tps, predicted, thresholds, positives = _ranked(labels, scores)
+    return tps / predicted, tps / max(positives, 1), thresholds
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -42,6 +42,7 @@ from idcscan.core.slides import open_slide
 from idcscan.core.storage import Storage, as_local_file, open_uri
 from idcscan.worker import outputs
 from idcscan.worker.pipeline import Cancelled, SlideScore, score_slide
+from idcscan.worker.reconciler import out_of_attempts
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +200,7 @@ class JobRunner:
                 session.execute(
                     update(Job)
                     .where(Job.id == job_id, claimable, Job.attempts >= self.settings.max_attempts)
-                    .values(
-                        status=JobStatus.FAILED.value,
-                        error_kind=ErrorKind.WORKER_LOST.value,
-                        error_message=f"the worker was lost {self.settings.max_attempts} times "
-                        "while scoring this slide",
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        finished_at=now,
-                    )
+                    .values(**out_of_attempts(self.settings.max_attempts, now))
                 )
                 return None
             job = session.get(Job, job_id)

@@ -17,7 +17,8 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
@@ -42,6 +43,19 @@ class Reconciled:
     failed: list[uuid.UUID]
 
 
+def out_of_attempts(max_attempts: int, now: datetime) -> dict[str, Any]:
+    """The values that end a job whose worker was lost on every attempt (the claim and the
+    reconciler both end jobs this way)."""
+    return {
+        "status": JobStatus.FAILED.value,
+        "error_kind": ErrorKind.WORKER_LOST.value,
+        "error_message": f"the worker was lost {max_attempts} times while scoring this slide",
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "finished_at": now,
+    }
+
+
 def reconcile(
     settings: Settings, sessions: sessionmaker[Session], publish: Callable[[uuid.UUID], None]
 ) -> Reconciled:
@@ -52,15 +66,7 @@ def reconcile(
             session.scalars(
                 update(Job)
                 .where(expired, Job.attempts >= settings.max_attempts)
-                .values(
-                    status=JobStatus.FAILED.value,
-                    error_kind=ErrorKind.WORKER_LOST.value,
-                    error_message=f"the worker was lost {settings.max_attempts} times while "
-                    "scoring this slide",
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    finished_at=now,
-                )
+                .values(**out_of_attempts(settings.max_attempts, now))
                 .returning(Job.id)
             )
         )

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
