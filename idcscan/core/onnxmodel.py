@@ -83,6 +83,9 @@ class OnnxModel:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # onnxruntime's idle threads spin by default, taking the cores the slide reader needs
+        # while it prepares the next batch; measured: 0.64 -> 0.68 of the bare ceiling on 2 cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
             str(self.path), sess_options=options, providers=providers_for(provider)
         )
