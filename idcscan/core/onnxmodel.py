@@ -94,6 +94,12 @@ class OnnxModel:
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT_NAME]:
             raise ValueError(f"model input must be {INPUT_NAME!r}, found {names}")
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if OUTPUT_NAME not in outputs or len(outputs[OUTPUT_NAME]) != 1:
+            raise ValueError(
+                f"model output must be {OUTPUT_NAME!r} with one probability per tile, shape (N,); "
+                f"found {outputs}"
+            )
 
     @property
     def spec(self) -> TileSpec:
@@ -106,7 +112,9 @@ class OnnxModel:
     def run(self, model_input: np.ndarray) -> np.ndarray:
         """Probabilities of IDC for preprocessed input (N, 3, H, W) float32."""
         (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: model_input})
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        if out.shape != (len(model_input),):
+            raise ValueError(f"model gave {out.shape} for {len(model_input)} tiles, not one each")
+        return np.asarray(out, dtype=np.float32)
 
     def predict(self, tiles: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Probabilities of IDC for uint8 RGB tiles (N, H, W, 3), in batches."""

@@ -117,3 +117,20 @@ def test_invalid_specs_are_refused(kwargs: dict) -> None:
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown"):
         TileSpec.from_metadata({METADATA_KEY: '{"mpp": 4.0, "magnification": 2.5}'})
+
+
+def test_model_with_two_class_output_is_refused(tmp_path: Path) -> None:
+    """A raw classifier (logits for both classes) is not an idcscan model: refused at load."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", [INPUT_NAME], [OUTPUT_NAME], axes=[2, 3], keepdims=0)],
+        "two_class",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, 50, 50])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    helper.set_model_props(model, TileSpec().to_metadata())
+    path = tmp_path / "two_class.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ValueError, match="one probability per tile"):
+        OnnxModel(path)
