@@ -11,12 +11,14 @@ Every reader returns RGB uint8 regions on a white background and knows its pixel
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 import stat
 import tempfile
 import warnings
 import zipfile
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -252,6 +254,10 @@ def _safe_member(name: str) -> PurePosixPath:
     return path
 
 
+# What a damaged file or archive raises while it is read: each means a truncated or corrupt upload.
+DAMAGED = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
 class PatchSlide(Slide):
     """The dataset's patch layout (a patient folder or a zip of one) read as one slide.
 
@@ -263,12 +269,22 @@ class PatchSlide(Slide):
 
     def __init__(self, source: Path, mpp: float | None, max_pixels: int) -> None:
         self._zip: zipfile.ZipFile | None = None
+        try:
+            self._index(source, mpp, max_pixels)
+        except BaseException:
+            self.close()
+            raise
+
+    def _index(self, source: Path, mpp: float | None, max_pixels: int) -> None:
         entries: list[tuple[str, LabelledRect]] = []
         if source.is_dir():
             names = [str(p.relative_to(source).as_posix()) for p in sorted(source.rglob("*.png"))]
             self._root: Path | None = source
         else:
-            self._zip = zipfile.ZipFile(source)
+            try:
+                self._zip = zipfile.ZipFile(source)
+            except DAMAGED as exc:
+                raise InvalidInput(f"the archive is damaged: {exc}", "truncated-slide") from exc
             self._root = None
             total = 0
             names = []
@@ -318,7 +334,8 @@ class PatchSlide(Slide):
 
     def _open_member(self, name: str) -> Image.Image:
         if self._zip is not None:
-            return Image.open(self._zip.open(name))
+            # Patches are a few kB: read whole (which checks the CRC), so no member stays open.
+            return Image.open(io.BytesIO(self._zip.read(name)))
         assert self._root is not None
         return Image.open(self._root / name)
 
@@ -326,8 +343,10 @@ class PatchSlide(Slide):
         try:
             with self._open_member(name) as image:
                 w, h = image.size
-        except (UnidentifiedImageError, OSError) as exc:
+        except UnidentifiedImageError as exc:
             raise InvalidInput(f"patch {name!r} is not a PNG: {exc}", "unsupported-format") from exc
+        except DAMAGED as exc:
+            raise InvalidInput(f"patch {name!r} is damaged: {exc}", "truncated-slide") from exc
         return LabelledRect(rect.x, rect.y, w, h, rect.label)
 
     @property
@@ -341,7 +360,7 @@ class PatchSlide(Slide):
                         canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = (
                             np.asarray(image.convert("RGB"))
                         )
-                except OSError as exc:
+                except DAMAGED as exc:
                     raise InvalidInput(
                         f"patch {name!r} could not be decoded: {exc}", "truncated-slide"
                     ) from exc

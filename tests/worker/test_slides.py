@@ -136,3 +136,22 @@ def test_truncated_svs_is_invalid_input(tmp_path: Path, keep: float) -> None:
     with pytest.raises(InvalidInput) as info, open_slide(path) as slide:
         slide.read_region((0, 0), 0, slide.dimensions)
     assert info.value.code == "truncated-slide"
+
+
+def test_damaged_zip_is_invalid_input_not_a_crash(tmp_path: Path) -> None:
+    """A zip whose member data is corrupt (a bad CRC or deflate stream) is a truncated upload."""
+    archive = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for path in sorted((SAMPLE_PATIENTS / "8916").rglob("*.png"))[:20]:
+            out.write(path, path.relative_to(SAMPLE_PATIENTS).as_posix())
+    with zipfile.ZipFile(archive) as intact:
+        victim = intact.infolist()[5]
+        start = victim.header_offset + 30 + len(victim.filename.encode()) + len(victim.extra)
+    data = bytearray(archive.read_bytes())
+    for offset in range(start + 400, start + 440):  # past the PNG header, in the pixel data
+        data[offset] ^= 0xFF
+    archive.write_bytes(bytes(data))
+
+    with pytest.raises(InvalidInput) as failure, open_slide(archive) as slide:
+        slide.read_region((0, 0), 0, slide.dimensions)
+    assert failure.value.code == "truncated-slide"
