@@ -1,58 +1,22 @@
-"""Structured logs: one JSON object per line, carrying request, client and job ids.
+"""The API's access log and request context; the JSON formatter itself is `idcscan.core.logs`.
 
-What may reach a log is decided here, not at each call site: the formatter writes the message and
-only the whitelisted context fields below. File names, labels and slide metadata can hold patient
-names, so no code path passes them to a logger (a test uploads a canary file name to prove it).
+File names, labels and slide metadata can hold patient names, so no code path passes them to a
+logger (a test uploads a canary file name to prove it).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import sys
 import time
-import traceback
-from datetime import UTC, datetime
 
 from flask import Flask, Response, g, request
 
+from idcscan.core.logs import JsonFormatter, configure
+
+__all__ = ["JsonFormatter", "configure", "context", "init_app"]
+
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
-CONTEXT_FIELDS = ("request_id", "client_id", "job_id", "method", "route", "status", "duration_ms")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in CONTEXT_FIELDS:
-            value = getattr(record, name, None)
-            if value is not None:
-                entry[name] = value
-        if record.exc_info:
-            # The exception type and the frames, not the message: messages of third-party errors
-            # (OpenSlide, fsspec) may quote paths.
-            entry["error"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-            entry["traceback"] = "".join(traceback.format_tb(record.exc_info[2]))
-        return json.dumps(entry, default=str)
-
-
-def configure(level: str) -> None:
-    """JSON lines on stderr for the whole process (idempotent)."""
-    root = logging.getLogger()
-    root.setLevel(level)
-    for handler in root.handlers:
-        if isinstance(handler.formatter, JsonFormatter):
-            return
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root.addHandler(handler)
 
 
 def context() -> dict[str, object]:

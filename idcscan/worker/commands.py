@@ -129,11 +129,13 @@ def _default_concurrency() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from idcscan.core.logs import configure as configure_logs
     from idcscan.core.settings import get_settings
     from idcscan.worker import tasks  # noqa: F401 - registers the tasks
     from idcscan.worker.celery_app import QUEUE, create_app
 
     settings = get_settings()
+    configure_logs(settings.log_level)  # before Celery starts: it keeps the root logger as set
     app = create_app(settings)
     app.set_current()
     concurrency = args.concurrency or _default_concurrency()
@@ -165,10 +167,13 @@ def _scheduler(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from idcscan.core.logs import configure as configure_logs
     from idcscan.core.settings import get_settings
     from idcscan.worker.reconciler import run_forever
 
+    settings = get_settings()
+    configure_logs(settings.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    run_forever(get_settings(), stop)
+    run_forever(settings, stop)
     return 0

@@ -6,6 +6,7 @@ scheduler and finishes too."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -136,6 +137,12 @@ def test_twenty_slides_over_two_workers(postgres_url: str, redis_url: str, tmp_p
     for job in jobs:
         assert job.tiles_total and tiles[job.id] == job.tiles_total == job.tiles_done, job.id
         assert job.attempts == 1, f"job {job.id} ran {job.attempts} times"
+
+    for name in ("worker-1", "worker-2", "scheduler"):
+        records = [line for line in logs[name].read_text().splitlines() if line.startswith("{")]
+        assert records, f"{name} wrote no structured log lines"
+        for line in records:
+            json.loads(line)
 
     done_by = {
         worker: set(re.findall(r"job ([0-9a-f-]{36}): succeeded", logs[worker].read_text()))
