@@ -111,6 +111,12 @@ class Settings(BaseSettings):
             raise ValueError(f"IDCSCAN_DATABASE_URL is not a URL: {self.database_url!r}")
         if self.broker_url is not None and "://" not in self.broker_url:
             raise ValueError(f"IDCSCAN_BROKER_URL is not a URL: {self.broker_url!r}")
+        if self.slide_uri_root is not None and _overlap(self.slide_uri_root, self.storage):
+            # Otherwise a client could name another tenant's stored slide or results as its slide.
+            raise ValueError(
+                "IDCSCAN_SLIDE_URI_ROOT must not contain or lie inside the storage "
+                f"({self.storage}): jobs could then read other clients' files"
+            )
         return self
 
     # Derived values: one place says what "embedded" means.
@@ -139,6 +145,18 @@ class Settings(BaseSettings):
     @property
     def visibility_timeout_s(self) -> int:
         return self.task_time_limit_s + 600
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether one location contains the other (local paths resolved, URLs compared by prefix)."""
+
+    def normal(location: str) -> str:
+        if "://" in location and not location.startswith("file://"):
+            return location.rstrip("/") + "/"
+        return os.path.realpath(location.removeprefix("file://")).rstrip("/") + "/"
+
+    first, second = normal(a), normal(b)
+    return first.startswith(second) or second.startswith(first)
 
 
 def get_settings(**overrides: object) -> Settings:

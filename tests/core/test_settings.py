@@ -48,3 +48,16 @@ def test_bad_values_are_rejected(name: str, value: str, monkeypatch: pytest.Monk
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize("root", ["{data}", "{data}/storage", "{data}/storage/slides"])
+def test_slide_uri_root_may_not_overlap_the_storage(root: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="must not contain or lie inside the storage"):
+        Settings(data_dir=tmp_path, slide_uri_root=root.format(data=tmp_path))
+
+
+def test_slide_uri_root_beside_the_storage_is_fine(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", slide_uri_root=str(tmp_path / "scanner-share"))
+    assert settings.slide_uri_root == str(tmp_path / "scanner-share")
+    s3 = Settings(storage_url="s3://idcscan/storage", slide_uri_root="s3://idcscan/scans")
+    assert s3.slide_uri_root == "s3://idcscan/scans"
