@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_IDC = Path("/work/shared/data/idc")
+# The full dataset, where a developer has it (IDCSCAN_BENCH_DATASET, else the development layout's
+# ../shared/data/idc); the bundled samples otherwise.
+DATASET = Path(os.environ.get("IDCSCAN_BENCH_DATASET", ROOT.parent / "shared" / "data" / "idc"))
 
 
 def benchmark_model(work: Path, requested: Path | None = None) -> Path:
@@ -25,10 +28,13 @@ def benchmark_model(work: Path, requested: Path | None = None) -> Path:
 
 
 def patient_dir(patient: str) -> Path:
-    for root in (SHARED_IDC, ROOT / "samples" / "idc"):
+    for root in (DATASET, ROOT / "samples" / "idc"):
         if (root / patient).is_dir():
             return root / patient
-    raise SystemExit(f"patient {patient} not found under {SHARED_IDC} or samples/idc")
+    raise SystemExit(
+        f"patient {patient} not found under {DATASET} or samples/idc: set IDCSCAN_BENCH_DATASET "
+        "to the dataset's folder, or use a bundled patient (--patient 9125)"
+    )
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
