@@ -44,6 +44,7 @@ def main() -> None:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    from idcscan.broker import publish_job
     from idcscan.core.db import (
         Client,
         Job,
@@ -59,7 +60,6 @@ def main() -> None:
     from idcscan.core.slides import open_slide
     from idcscan.worker import outputs
     from idcscan.worker.pipeline import score_slide
-    from idcscan.worker.publish import publish_job
 
     work = Path(tempfile.mkdtemp(prefix="idcscan-overhead-"))
     model_path = benchmark_model(work, args.model)

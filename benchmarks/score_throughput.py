@@ -122,6 +122,7 @@ def _through_worker(
     args: argparse.Namespace, work: Path, slide: Path, model_path: Path, tiles: int
 ) -> float:
     """Median claim-to-done seconds of jobs run by a real `idcscan worker`."""
+    from idcscan.broker import publish_job
     from idcscan.core.db import (
         Client,
         Job,
@@ -133,7 +134,6 @@ def _through_worker(
     )
     from idcscan.core.migrate import upgrade
     from idcscan.core.settings import get_settings
-    from idcscan.worker.publish import publish_job
 
     env = {"IDCSCAN_DATA_DIR": str(work / "data")}
     if args.database:

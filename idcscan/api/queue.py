@@ -1,5 +1,5 @@
-"""The broker as the API sees it: publish a committed job (the worker's `publish_job`, which sends
-only the id and imports Celery, never onnxruntime) and check that the broker answers."""
+"""The broker as the API sees it: publish a committed job (`idcscan.broker.publish_job`, which sends
+only the id) and check that the broker answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from idcscan.core.settings import Settings
 
 
 def publish(job_id: uuid.UUID, settings: Settings) -> None:
-    from idcscan.worker.publish import publish_job
+    from idcscan.broker import publish_job
 
     publish_job(job_id, settings)
 

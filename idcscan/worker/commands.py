@@ -129,10 +129,10 @@ def _default_concurrency() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from idcscan.broker import QUEUE, create_app
     from idcscan.core.logs import configure as configure_logs
     from idcscan.core.settings import get_settings
     from idcscan.worker import tasks  # noqa: F401 - registers the tasks
-    from idcscan.worker.celery_app import QUEUE, create_app
 
     settings = get_settings()
     configure_logs(settings.log_level)  # before Celery starts: it keeps the root logger as set

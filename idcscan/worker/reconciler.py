@@ -108,7 +108,7 @@ def reconcile(
 
 def run_forever(settings: Settings, stop: threading.Event | None = None) -> None:
     """Reconcile every `reconcile_interval_s` until `stop` is set; a failed round is logged, not fatal."""
-    from idcscan.worker.publish import publish_job
+    from idcscan.broker import publish_job
 
     stop = stop or threading.Event()
     engine = make_engine(settings.database)

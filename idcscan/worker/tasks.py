@@ -7,6 +7,7 @@ fork, so no onnxruntime session or database connection is shared between process
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from typing import Any
 
@@ -14,14 +15,21 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
+from idcscan.broker import SCORE_TASK
 from idcscan.core.db import Model, make_engine, make_sessionmaker
 from idcscan.core.settings import Settings
-from idcscan.worker.celery_app import SCORE_TASK, inference_threads
 from idcscan.worker.jobs import JobRunner, ModelCache
 
 log = logging.getLogger(__name__)
 
 _runner: JobRunner | None = None
+
+
+def inference_threads(settings: Settings, concurrency: int) -> int:
+    """Intra-op threads per worker process: the CPUs shared so that processes do not fight."""
+    if settings.inference_threads:
+        return settings.inference_threads
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
 
 def _settings(task: Task) -> Settings:

@@ -65,7 +65,7 @@ class Service:
 
     def published(self) -> list[bytes]:
         """The task messages waiting in the broker (Redis, or the embedded SQL broker)."""
-        from idcscan.worker.celery_app import QUEUE
+        from idcscan.broker import QUEUE
 
         broker = self.settings.broker
         if broker.startswith("redis"):

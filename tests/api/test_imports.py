@@ -1,4 +1,5 @@
-"""The API process never loads torch or onnxruntime, and `idcscan --help` does not load Flask."""
+"""The API process never loads torch or onnxruntime, nor the worker's or the trainer's code (it
+imports core, and the shared `idcscan.broker` to publish), and `idcscan --help` does not load Flask."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import sys
 from idcscan.api.app import create_app
 from idcscan.core.settings import get_settings
 create_app(get_settings(data_dir=sys.argv[1]))
+import idcscan.api.queue, idcscan.broker  # what publishing a job loads
 heavy = sorted(m for m in ("torch", "onnxruntime", "onnx") if m in sys.modules)
 assert not heavy, heavy
+parts = sorted(m for m in sys.modules if m.startswith(("idcscan.worker", "idcscan.trainer")))
+assert not parts, parts
 """
 
 CHECK_COMMANDS = """

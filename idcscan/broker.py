@@ -1,4 +1,7 @@
-"""The Celery app, built from the core settings, with every reliability setting in one place.
+"""The job queue between the API and the workers: the Celery app built from the core settings,
+with every reliability setting in one place, and `publish_job`, which the API (after committing a
+job) and the reconciler call. It lives beside `cli.py`, outside both parts, because both use it;
+it imports Celery, never onnxruntime.
 
 Why each setting (see ARCHITECTURE.md, principle 3):
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its job
@@ -15,7 +18,8 @@ Why each setting (see ARCHITECTURE.md, principle 3):
 from __future__ import annotations
 
 import logging
-import os
+import uuid
+from functools import lru_cache
 from typing import Any
 
 from celery import Celery
@@ -77,8 +81,21 @@ def create_app(settings: Settings | None = None) -> IdcscanCelery:
     return app
 
 
-def inference_threads(settings: Settings, concurrency: int) -> int:
-    """Intra-op threads per worker process: the CPUs shared so that processes do not fight."""
-    if settings.inference_threads:
-        return settings.inference_threads
-    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
+@lru_cache(maxsize=8)
+def _app_for(settings: Settings) -> IdcscanCelery:
+    return create_app(settings)
+
+
+def publish_job(job_id: uuid.UUID, settings: Settings) -> None:
+    """Queue job `job_id` for scoring (task `idcscan.score_job`, its only argument the id).
+
+    The caller commits the job row first, then publishes (ARCHITECTURE.md, principle 2). A publish
+    that fails or a message that gets lost is not fatal: the reconciler re-publishes queued jobs
+    that no worker started.
+    """
+    _app_for(settings).send_task(
+        SCORE_TASK,
+        args=[str(job_id)],
+        retry=True,
+        retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+    )
