@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from idcscan.core.db import (
@@ -153,10 +152,6 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _insert(session: Session) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 class JobRunner:
@@ -384,7 +379,9 @@ class JobRunner:
 
 
 def write_tile_scores(session: Session, job_id: uuid.UUID, score: SlideScore) -> None:
-    """Bulk upsert keyed by (job, row, col), executemany in chunks (psycopg pipelines them)."""
+    """Bulk insert, executemany in chunks (psycopg pipelines them). The caller deletes the job's
+    earlier rows in the same transaction, so a rerun replaces them; the (job, row, col) key makes
+    a duplicate impossible."""
     labels = score.labels.tolist() if score.labels is not None else [None] * len(score.rows)
     rows = [
         {
@@ -406,10 +403,6 @@ def write_tile_scores(session: Session, job_id: uuid.UUID, score: SlideScore) ->
             strict=True,
         )
     ]
-    stmt = _insert(session)(TileScore.__table__)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["job_id", "row", "col"],
-        set_={name: stmt.excluded[name] for name in ("x", "y", "probability", "label")},
-    )
+    stmt = insert(TileScore)
     for start in range(0, len(rows), INSERT_CHUNK):
         session.execute(stmt, rows[start : start + INSERT_CHUNK])

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -137,13 +138,18 @@ class SlideScore:
     summary: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
+    @cached_property
+    def origins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 pixel x and y of each scored tile, computed once (database rows and CSV)."""
+        return self.plan.grid.origins(self.rows, self.cols)
+
     @property
     def x(self) -> np.ndarray:
-        return self.plan.grid.origins(self.rows, self.cols)[0]
+        return self.origins[0]
 
     @property
     def y(self) -> np.ndarray:
-        return self.plan.grid.origins(self.rows, self.cols)[1]
+        return self.origins[1]
 
     def probability_grid(self) -> np.ndarray:
         """float32 (rows, cols), NaN where nothing was scored."""

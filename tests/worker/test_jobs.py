@@ -65,6 +65,27 @@ def job(sessions: sessionmaker[Session], job_id: uuid.UUID) -> Job:
         return found
 
 
+def leased(
+    sessions: sessionmaker[Session],
+    job_id: uuid.UUID,
+    owner: str,
+    attempts: int,
+    expires_in_s: float,
+) -> None:
+    """Put the job in another worker's hands, its lease ending `expires_in_s` from now."""
+    with sessions() as session, session.begin():
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                status="running",
+                attempts=attempts,
+                lease_owner=owner,
+                lease_expires_at=utcnow() + timedelta(seconds=expires_in_s),
+            )
+        )
+
+
 def count(sessions: sessionmaker[Session], table: type, job_id: uuid.UUID) -> int:
     with sessions() as session:
         return int(
@@ -206,17 +227,7 @@ def test_attempt_cap_ends_as_worker_lost(
     runner: JobRunner, sessions: sessionmaker[Session], new_job: JobMaker, settings: Settings
 ) -> None:
     job_id = new_job(str(SAMPLE_PATIENTS / "8916"))
-    with sessions() as session, session.begin():
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(
-                status="running",
-                attempts=settings.max_attempts,
-                lease_owner="dead",
-                lease_expires_at=utcnow() - timedelta(seconds=1),
-            )
-        )
+    leased(sessions, job_id, "dead", attempts=settings.max_attempts, expires_in_s=-1)
     assert runner.run(job_id) == "skipped"
     lost = job(sessions, job_id)
     assert lost.status == JobStatus.FAILED and lost.error_kind == ErrorKind.WORKER_LOST
@@ -226,17 +237,7 @@ def test_live_lease_of_another_worker_is_respected(
     runner: JobRunner, sessions: sessionmaker[Session], new_job: JobMaker
 ) -> None:
     job_id = new_job(str(SAMPLE_PATIENTS / "8916"))
-    with sessions() as session, session.begin():
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(
-                status="running",
-                attempts=1,
-                lease_owner="other",
-                lease_expires_at=utcnow() + timedelta(seconds=60),
-            )
-        )
+    leased(sessions, job_id, "other", attempts=1, expires_in_s=60)
     assert runner.run(job_id) == "skipped"
     assert job(sessions, job_id).lease_owner == "other"
 
