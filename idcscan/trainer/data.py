@@ -70,6 +70,17 @@ def find_patients(root: Path) -> list[str]:
     return ids
 
 
+def patient_counts(root: Path) -> dict[str, tuple[int, int]]:
+    """(no IDC, IDC) patch counts of every patient under `root`, from the file names alone."""
+    counts = {}
+    for folder in patient_dirs(Path(root)):
+        labels = [patch.label for _, patch in iter_patches(folder)]
+        counts[folder.name] = (labels.count(0), labels.count(1))
+    if not counts:
+        raise ValueError(f"{root} holds no patient folders in the layout <patient>/<0|1>/*.png")
+    return counts
+
+
 def load_patches(
     root: Path, patients: Sequence[str] | None = None, size: int = DATASET_TILE_SIZE
 ) -> PatchSet:

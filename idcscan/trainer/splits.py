@@ -1,13 +1,19 @@
 """Patient-level splits: no patient's patches ever lie in two of train, validation and test.
 
-The rule, in order:
-1. `canonical`: the published 84/29/49 lists of Janowczyk & Madabhushi (2016), shipped in
-   `idcscan/trainer/splits/`. A patient present locally goes to the list naming it; a patient in
-   no list goes to *train* (it was never used to choose or report anything in the papers). Used
-   when the local patients include at least one validation and one test patient of the lists.
-2. `seeded`: otherwise, patients shuffled by the seed and cut in the published proportions
-   (84:29:49), at least one patient per split.
-3. `--folds K --fold I`: K-fold by patient (seeded): fold I is test, fold I+1 validation.
+Three rules (`--split`):
+
+- `cv` (the default): patient-level cross-validation. The published *test* patients present
+  locally are set aside first: they are scored once, at the very end, by the model that
+  cross-validation chose. Every other patient is dealt into K folds (`--folds`, 5 by default)
+  stratified by IDC share and by size (complete slides and 70-patch samples spread evenly). In
+  fold I, fold I is held out (the figures reported for that fold), fold I+1 is the validation fold
+  (early stopping, threshold, calibration) and the rest is trained on. Every patient is held out
+  exactly once, so the mean over folds speaks for all of them.
+- `canonical`: the published 84/29/49 lists of Janowczyk & Madabhushi (2016), shipped in
+  `idcscan/trainer/splits/`. A patient present locally goes to the list naming it; a patient in
+  no list goes to *train* (it was never used to choose or report anything in the papers).
+- `seeded`: patients shuffled by the seed and cut in the published proportions (84:29:49), for a
+  dataset without the published patients.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from importlib import resources
 import numpy as np
 
 PUBLISHED_PROPORTIONS = (84, 29, 49)
+SPLIT_METHODS = ("cv", "canonical", "seeded")
+# A patient with more patches than this counts as "large" when folds are stratified: the
+# dataset mixes complete slides (hundreds to thousands of patches) with 70-patch samples.
+LARGE_PATIENT_PATCHES = 200
 
 
 @dataclass(frozen=True)
@@ -85,38 +95,71 @@ def seeded_split(patients: list[str], seed: int) -> Split:
     return Split(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)), method="seeded")
 
 
-def kfold_split(patients: list[str], folds: int, fold: int, seed: int) -> Split:
-    """Fold `fold` of `folds` by patient: that fold is test, the next one validation."""
-    patients = sorted(set(patients))
-    if folds < 3 or not 0 <= fold < folds:
-        raise ValueError(f"need folds >= 3 and 0 <= fold < folds, got folds={folds} fold={fold}")
-    if len(patients) < folds:
-        raise ValueError(f"{folds} folds need at least {folds} patients, got {len(patients)}")
-    order = [patients[i] for i in np.random.default_rng(seed).permutation(len(patients))]
-    groups = [order[i::folds] for i in range(folds)]
-    test, val = groups[fold], groups[(fold + 1) % folds]
-    train = [p for p in order if p not in test and p not in val]
-    return Split(
-        tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)), f"kfold-{fold}-of-{folds}"
-    )
+def stratified_folds(
+    counts: dict[str, tuple[int, int]], folds: int, seed: int
+) -> list[tuple[str, ...]]:
+    """Patients dealt into `folds` groups, stratified by size and by IDC share.
+
+    `counts` maps a patient to its (no IDC, IDC) patch counts. Patients are ordered by (large or
+    not, IDC share), with a seeded random tie-break, and each run of `folds` consecutive patients
+    is dealt one to a fold in a seeded random order: every fold gets a like share of large
+    patients and of every IDC level.
+    """
+    if folds < 3:
+        raise ValueError(f"cross-validation needs at least 3 folds, got {folds}")
+    if len(counts) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} patients, got {len(counts)}")
+    rng = np.random.default_rng(seed)
+    patients = sorted(counts)
+    tie = dict(zip(patients, rng.permutation(len(patients)), strict=True))
+
+    def key(patient: str) -> tuple[bool, float, int]:
+        negative, positive = counts[patient]
+        total = negative + positive
+        return (total > LARGE_PATIENT_PATCHES, positive / max(total, 1), int(tie[patient]))
+
+    ordered = sorted(patients, key=key)
+    groups: list[list[str]] = [[] for _ in range(folds)]
+    for start in range(0, len(ordered), folds):
+        block = ordered[start : start + folds]
+        # Deal the block to the folds holding the fewest patients, in random order among equals,
+        # so that folds never differ by more than one patient.
+        targets = sorted(range(folds), key=lambda f: (len(groups[f]), rng.random()))
+        for patient, target in zip(block, targets, strict=False):
+            groups[target].append(patient)
+    return [tuple(sorted(g)) for g in groups]
 
 
-def make_split(
-    patients: list[str], method: str = "auto", seed: int = 0, folds: int = 0, fold: int = 0
-) -> Split:
-    """The split for `patients` by the module's rule; `method` is auto, canonical or seeded."""
+def cv_split(
+    counts: dict[str, tuple[int, int]], folds: int, fold: int, seed: int
+) -> tuple[Split, tuple[str, ...]]:
+    """Fold `fold` of the cross-validation, and the published test patients set aside.
+
+    Returns the fold's split (train; validation = the next fold; test = the held-out fold) and
+    the published test patients present in `counts`, which no fold contains.
+    """
+    if not 0 <= fold < folds:
+        raise ValueError(f"need 0 <= fold < folds, got folds={folds} fold={fold}")
+    published_test = canonical_lists()["test"]
+    final_test = tuple(sorted(p for p in counts if p in published_test))
+    pool = {p: c for p, c in counts.items() if p not in published_test}
+    groups = stratified_folds(pool, folds, seed)
+    held_out, val = groups[fold], groups[(fold + 1) % folds]
+    train = tuple(sorted(p for g in groups for p in g if p not in held_out and p not in val))
+    return Split(train, val, held_out, f"cv-fold-{fold}-of-{folds}"), final_test
+
+
+def make_split(patients: list[str], method: str = "canonical", seed: int = 0) -> Split:
+    """The split for `patients` by the `canonical` or `seeded` rule (see the module's docstring)."""
     patients = sorted(set(patients))
-    if folds:
-        return kfold_split(patients, folds, fold, seed)
-    if method in ("auto", "canonical"):
+    if method == "canonical":
         split = canonical_split(patients)
-        if split is not None:
-            return split
-        if method == "canonical":
+        if split is None:
             raise ValueError(
                 "the local patients include no validation or no test patient of "
-                "the published split; use --split seeded"
+                "the published split; use --split seeded or --split cv"
             )
-    if method not in ("auto", "canonical", "seeded"):
-        raise ValueError(f"unknown split method {method!r}")
-    return seeded_split(patients, seed)
+        return split
+    if method == "seeded":
+        return seeded_split(patients, seed)
+    raise ValueError(f"unknown split method {method!r}; choose from {SPLIT_METHODS}")
