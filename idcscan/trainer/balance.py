@@ -6,6 +6,11 @@
   augmented afresh, so the copies differ.
 - `weighted`: every patch once; the loss weighs each class by N / (2 * N_class).
 - `none`: every patch once, plain loss.
+
+With `max_per_patient`, each epoch first draws at most that many patches of every patient
+(keeping the patient's class ratio), afresh each epoch: a complete slide of 2,000 patches then
+weighs like a few sampled patients, not like thirty, and over the epochs all its patches are seen.
+The strategy applies to what was drawn.
 """
 
 from __future__ import annotations
@@ -25,10 +30,48 @@ def _check(labels: np.ndarray, strategy: str) -> tuple[np.ndarray, np.ndarray]:
     return positives, negatives
 
 
-def epoch_indices(labels: np.ndarray, strategy: str, seed: int) -> np.ndarray:
+def cap_per_patient(
+    labels: np.ndarray, patients: np.ndarray, cap: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices of at most `cap` patches per patient, the patient's class ratio kept (sorted).
+
+    The number drawn of each class depends only on the counts, so every epoch's draw has the
+    same size and class balance (the learning-rate schedule counts on a fixed epoch length).
+    """
+    kept = []
+    for patient in np.unique(patients):
+        mine = np.flatnonzero(patients == patient)
+        if len(mine) <= cap:
+            kept.append(mine)
+            continue
+        positive, negative = mine[labels[mine] == 1], mine[labels[mine] == 0]
+        n_positive = round(cap * len(positive) / len(mine))
+        kept.append(rng.choice(positive, size=n_positive, replace=False))
+        kept.append(rng.choice(negative, size=cap - n_positive, replace=False))
+    return np.sort(np.concatenate(kept))
+
+
+def epoch_indices(
+    labels: np.ndarray,
+    strategy: str,
+    seed: int,
+    patients: np.ndarray | None = None,
+    max_per_patient: int = 0,
+    epoch: int = 0,
+) -> np.ndarray:
     """The training patch indices one epoch visits (before shuffling), for `strategy`."""
+    _check(labels, strategy)
+    if max_per_patient > 0:
+        if patients is None:
+            raise ValueError("max_per_patient needs the patient of every patch")
+        rng = np.random.default_rng([seed, epoch])
+        drawn = cap_per_patient(labels, patients, max_per_patient, rng)
+        return drawn[_balanced(labels[drawn], strategy, rng)]
+    return _balanced(labels, strategy, np.random.default_rng(seed))
+
+
+def _balanced(labels: np.ndarray, strategy: str, rng: np.random.Generator) -> np.ndarray:
     positives, negatives = _check(labels, strategy)
-    rng = np.random.default_rng(seed)
     if strategy == "undersample":
         minority, majority = sorted((positives, negatives), key=len)
         kept = rng.choice(majority, size=len(minority), replace=False)
@@ -41,7 +84,10 @@ def epoch_indices(labels: np.ndarray, strategy: str, seed: int) -> np.ndarray:
 
 
 def class_weights(labels: np.ndarray, strategy: str) -> np.ndarray | None:
-    """Loss weights per class (index 0 = no IDC, 1 = IDC) for `weighted`, else None."""
+    """Loss weights per class (index 0 = no IDC, 1 = IDC) for `weighted`, else None.
+
+    Pass the labels an epoch visits (after `max_per_patient`), whose class counts the weights undo.
+    """
     _check(labels, strategy)
     if strategy != "weighted":
         return None

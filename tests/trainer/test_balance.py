@@ -51,3 +51,20 @@ def test_unknown_strategy_and_single_class() -> None:
         epoch_indices(LABELS, "smote", seed=0)
     with pytest.raises(ValueError, match="both classes"):
         epoch_indices(np.zeros(5, dtype=np.int64), "undersample", seed=0)
+
+
+def test_cap_per_patient_weighs_patients_and_redraws_each_epoch() -> None:
+    # One "complete slide" of 1,000 patches (30% IDC) and ten 50-patch samples (20% IDC).
+    labels = np.array(([0] * 700 + [1] * 300) + ([0] * 40 + [1] * 10) * 10)
+    patients = np.array(["big"] * 1000 + [f"s{i}" for i in range(10) for _ in range(50)])
+    first = epoch_indices(labels, "none", 0, patients, max_per_patient=100, epoch=0)
+    second = epoch_indices(labels, "none", 0, patients, max_per_patient=100, epoch=1)
+    assert len(first) == len(second) == 100 + 10 * 50  # same length every epoch
+    big = first[patients[first] == "big"]
+    assert len(big) == 100 and int(labels[big].sum()) == 30  # class ratio kept
+    assert set(big) != set(second[patients[second] == "big"])  # a fresh draw
+    assert np.array_equal(first, epoch_indices(labels, "none", 0, patients, 100, epoch=0))
+    over = epoch_indices(labels, "oversample", 0, patients, max_per_patient=100, epoch=0)
+    assert int((labels[over] == 1).sum()) == int((labels[over] == 0).sum())
+    with pytest.raises(ValueError, match="needs the patient"):
+        epoch_indices(labels, "none", 0, None, max_per_patient=100)
