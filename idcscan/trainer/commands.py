@@ -84,7 +84,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     report = compare.main(args)
     print((Path(args.out) / "comparison.md").read_text())
-    print(f"best on validation: {report['best']} -> {report['export']['onnx']}")
+    print(
+        f"best by cross-validation: {report['best']} (fold {report['best_fold']}); "
+        f"shipped variant {report['shipped']} -> {Path(args.out) / 'best.onnx'}"
+    )
     return 0
 
 

@@ -1,18 +1,26 @@
-"""`idcscan compare`: every architecture and balance strategy on one patient-level split.
+"""`idcscan compare`: architectures x balance strategies x augmentations, by patient-level CV.
 
-The patches are loaded once; each (architecture, balance) trains in `OUT/<arch>-<balance>/` with
-the same split, seed and budget. The best model is chosen on *validation* by its AUROC
-(threshold-free; ties broken by validation balanced accuracy at its chosen threshold), exported
-to `OUT/best.onnx`, and reported with every model's validation and test figures in
-`comparison.md` / `comparison.json`, a confusion matrix per model (test patients, at the
-validation threshold) and ROC/PR curves on validation and on test.
+The patches are loaded once. Each configuration `<arch>-<balance>-<augment>` trains once per fold
+in `OUT/<configuration>/fold-<i>/` (`--resume` reuses finished folds, so a long comparison runs in
+pieces). With `--split cv` every figure is reported per fold (on the fold's held-out patients, at
+the threshold chosen on its validation fold) and as mean +- sd over folds; confusion matrices sum
+the held-out folds, and the ROC/PR curves pool them.
+
+The best configuration is the one with the highest mean held-out AUROC (threshold-free; ties by
+mean balanced accuracy). Of its fold models, the one with the best validation AUROC is exported to
+`OUT/best.onnx` with its own temperature and threshold (both fitted on its validation fold). Only
+then are the published test patients, which no fold contains, scored, once, through the worker's
+own inference path (`idcscan evaluate`). With `--split canonical` or `seeded` there is one "fold",
+whose test split plays both parts.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +28,19 @@ import numpy as np
 
 from idcscan.trainer import train
 from idcscan.trainer.data import load_patches
-from idcscan.trainer.export import export_run
+from idcscan.trainer.evaluate import choose_threshold, evaluate_patches, fold_summary, json_safe
+from idcscan.trainer.export import export_run, update_identity
 from idcscan.trainer.options import add_compare_arguments
-from idcscan.trainer.report import markdown_table, model_card, plot_confusion, plot_curves
+from idcscan.trainer.report import (
+    comparison_markdown,
+    model_card,
+    plot_confusion,
+    plot_curves,
+)
 
 log = logging.getLogger(__name__)
 
-CRITERION = "validation AUROC (ties: validation balanced accuracy)"
+CRITERION = "mean held-out AUROC over folds (ties: mean balanced accuracy)"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -35,88 +49,175 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+def configurations(args: argparse.Namespace) -> list[dict[str, str]]:
+    return [
+        {"arch": a, "balance": b, "augment": g, "name": f"{a}-{b}-{g}"}
+        for a, b, g in itertools.product(args.archs, args.balance, args.augment)
+    ]
+
+
+def summarize_folds(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Held-out figures per fold, their mean and sd, the confusion summed over folds, and what
+    each fold fitted on its validation patients."""
+    return {
+        **fold_summary([m["test"]["overall"] for m in fold_metrics]),
+        "temperature": [m.get("temperature") for m in fold_metrics],
+        "calibration": [m.get("calibration") for m in fold_metrics],
+        "best_val_auroc": [
+            max((h["val_auroc"] for h in m["history"]), default=None) for m in fold_metrics
+        ],
+    }
+
+
 def _selection_key(row: dict[str, Any]) -> tuple[float, float]:
-    val = row["val"]
-    return (val["auroc"] or 0.0, val["balanced_accuracy"])
+    cv = row["cv"]
+    return (cv["auroc"]["mean"] or 0.0, cv["balanced_accuracy"]["mean"] or 0.0)
+
+
+def train_folds(
+    args: argparse.Namespace, config: dict[str, str], folds: int, out: Path, patches: Any
+) -> list[dict[str, Any]]:
+    """Train (or, with --resume, reuse) every fold of one configuration; their metrics."""
+    fold_metrics = []
+    for fold in range(folds):
+        run = out / config["name"] / f"fold-{fold}"
+        if args.resume and (run / "metrics.json").is_file():
+            log.info("%s fold %d already trained; reusing %s", config["name"], fold, run)
+            fold_metrics.append(json.loads((run / "metrics.json").read_text()))
+            continue
+        run_args = argparse.Namespace(
+            **{
+                **train.plain_arguments(args),
+                "arch": config["arch"],
+                "balance": config["balance"],
+                "augment": config["augment"],
+                "fold": fold,
+                "out": str(run),
+            }
+        )
+        fold_metrics.append(train.main(run_args, patches))
+    return fold_metrics
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    split = train.resolve_split(args)
-    patches = load_patches(Path(args.data), split.train + split.val + split.test)
-    rows, val_curves, test_curves = [], {}, {}
-    for arch in args.archs:
-        for strategy in args.balance:
-            name = f"{arch}-{strategy}"
-            run = out / name
-            if args.resume and (run / "metrics.json").is_file():
-                log.info("%s already trained; reusing %s", name, run)
-                metrics = json.loads((run / "metrics.json").read_text())
-            else:
-                run_args = argparse.Namespace(
-                    **{
-                        **train.plain_arguments(args),
-                        "arch": arch,
-                        "balance": strategy,
-                        "out": str(run),
-                    }
-                )
-                metrics = train.main(run_args, patches)
-            predictions = np.load(run / "predictions.npz")
-            val_curves[name] = (predictions["val_labels"], predictions["val_probabilities"])
-            test_curves[name] = (predictions["test_labels"], predictions["test_probabilities"])
-            test = metrics["test"]["overall"]
-            plot_confusion(
-                test,
-                out / f"confusion-{name}.png",
-                f"{name}, test patients, threshold {metrics['threshold']:.3f}",
-            )
-            rows.append(
-                {
-                    "name": name,
-                    "arch": arch,
-                    "balance": strategy,
-                    "run": str(run),
-                    "threshold": metrics["threshold"],
-                    "best_epoch": metrics["best_epoch"],
-                    "epochs_run": metrics["epochs_run"],
-                    "train_patches_per_s": float(
-                        np.mean([h["patches_per_s"] for h in metrics["history"]])
-                    ),
-                    "val": metrics["val"]["overall"],
-                    "test": test,
-                    "test_per_patient": metrics["test"]["per_patient"],
-                }
-            )
-    plot_curves(val_curves, out / "curves-val.png", "validation patients")
-    plot_curves(test_curves, out / "curves-test.png", "test patients")
+    folds = args.folds if args.split == "cv" else 1
+    splits = [train.resolve_split(args, fold)[0] for fold in range(folds)]
+    final_test = train.resolve_split(args, 0)[1]
+    patients = sorted({p for s in splits for p in (*s.train, *s.val, *s.test)} | set(final_test))
+    patches = load_patches(Path(args.data), patients)
+
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for config in configurations(args):
+        fold_metrics = train_folds(args, config, folds, out, patches)
+        cv = summarize_folds(fold_metrics)
+        held_out = [
+            np.load(out / config["name"] / f"fold-{f}" / "predictions.npz") for f in range(folds)
+        ]
+        curves[config["name"]] = (
+            np.concatenate([p["test_labels"] for p in held_out]),
+            np.concatenate([p["test_probabilities"] for p in held_out]),
+        )
+        plot_confusion(
+            cv["pooled"],
+            out / f"confusion-{config['name']}.png",
+            f"{config['name']}, held-out patients of {folds} fold(s), each at its validation threshold",
+        )
+        rows.append({**config, "cv": cv, "folds": fold_metrics})
+    plot_curves(curves, out / "curves-held-out.png", f"held-out patients, {folds} fold(s) pooled")
 
     best = max(rows, key=_selection_key)
-    val_set = patches.of_patients(split.val)
-    export = export_run(
-        Path(best["run"]), out / "best.onnx", val_set.tiles, val_set.labels, int8=args.int8
+    best_fold = int(
+        np.nanargmax([a if a is not None else np.nan for a in best["cv"]["best_val_auroc"]])
     )
-    report = {
-        "criterion": CRITERION,
-        "best": best["name"],
-        "split": split.as_dict(),
-        "export": export,
-        "models": rows,
-        "settings": train.plain_arguments(args),
-    }
+    runs = [out / best["name"] / f"fold-{f}" for f in range(folds)]
+    shipped, variants = finalize(args, best, best_fold, runs, splits, patches, out)
+
+    final: dict[str, Any] = {}
+    if final_test:
+        # Scored once, after every choice was made, through the worker's inference path.
+        test_set = patches.of_patients(final_test)
+        for name in dict.fromkeys([shipped, *(v for v in variants if v.startswith("ensemble"))]):
+            final[name] = evaluate_patches(Path(variants[name]["onnx"]), test_set)
+        update_identity(
+            out / "best.onnx",
+            {
+                "test_metrics": final[shipped]["overall"],
+                "confusion": {k: final[shipped]["overall"][k] for k in ("tp", "fp", "tn", "fn")},
+                "test_patients": list(final_test),
+            },
+        )
+        plot_confusion(
+            final[shipped]["overall"],
+            out / "confusion-final-test.png",
+            f"shipped model ({shipped}), published test patients",
+        )
+
+    report = json_safe(
+        {
+            "criterion": CRITERION,
+            "best": best["name"],
+            "best_fold": best_fold,
+            "folds": folds,
+            "splits": [s.as_dict() for s in splits],
+            "shipped": shipped,
+            "variants": variants,
+            "final_test_patients": list(final_test),
+            "final_test": final,
+            "models": [{k: v for k, v in r.items() if k != "folds"} for r in rows],
+            # The dataset's location is this machine's business: the report names it by what it is.
+            "settings": {**train.plain_arguments(args), "data": "<IDC dataset>"},
+        }
+    )
     (out / "comparison.json").write_text(json.dumps(report, indent=2, default=str))
-    (out / "comparison.md").write_text(
-        "# Model comparison\n\n"
-        + markdown_table(rows, best["name"], CRITERION)
-        + "\nFigures on the test patients use the threshold chosen on validation "
-        f"(rule: {args.threshold_rule}). Confusion matrices: `confusion-<model>.png`; "
-        "curves: `curves-val.png`, `curves-test.png`.\n"
-    )
-    best_metrics = json.loads((Path(best["run"]) / "metrics.json").read_text())
+    (out / "comparison.md").write_text(comparison_markdown(report))
+    best_metrics = json.loads((runs[best_fold] / "metrics.json").read_text())
     (out / "MODEL_CARD.md").write_text(model_card(report, best_metrics))
-    log.info("best on validation: %s, exported to %s", best["name"], export["onnx"])
+    log.info(
+        "shipped: %s of %s fold %d, in %s", shipped, best["name"], best_fold, out / "best.onnx"
+    )
     return report
+
+
+def finalize(
+    args: argparse.Namespace,
+    best: dict[str, Any],
+    best_fold: int,
+    runs: list[Path],
+    splits: list[Any],
+    patches: Any,
+    out: Path,
+) -> tuple[str, dict[str, Any]]:
+    """The inference variants of the best configuration (TTA by cross-validation, the fold
+    ensemble), exported and timed; the chosen one copied to `OUT/best.onnx`."""
+    from idcscan.trainer.variants import choose_variant, export_variants, tta_cross_validation
+
+    val_set = patches.of_patients(splits[best_fold].val)
+    if len(runs) == 1:  # one split: no folds to ensemble, no folds to cross-validate TTA on
+        summary = export_run(runs[0], out / "best.onnx", val_set.tiles, val_set.labels, args.int8)
+        return "tta-1", {"tta-1": summary}
+    tta = tta_cross_validation(runs, splits, patches, args.threshold_rule, args.min_sensitivity)
+    # The ensemble's threshold: the rule applied to the members' pooled held-out probabilities
+    # (each member's honest output on patients it never saw), as no patient is unseen by all.
+    pooled = [np.load(run / "predictions.npz") for run in runs]
+    ensemble_threshold = choose_threshold(
+        np.concatenate([p["test_labels"] for p in pooled]),
+        np.concatenate([p["test_probabilities"] for p in pooled]),
+        args.threshold_rule,
+        args.min_sensitivity,
+    )
+    variants = export_variants(runs, best_fold, tta, ensemble_threshold, out / "variants", val_set)
+    for views, summary in tta.items():
+        variants[f"tta-{views}"]["cv"] = summary
+    shipped = choose_variant(tta, variants)
+    shutil.copyfile(variants[shipped]["onnx"], out / "best.onnx")
+    if args.int8:
+        variants["int8"] = export_run(
+            runs[best_fold], out / "single.onnx", val_set.tiles, val_set.labels, int8=True
+        )["int8"]
+    return shipped, variants
 
 
 if __name__ == "__main__":

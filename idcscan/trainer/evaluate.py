@@ -4,29 +4,33 @@ Torch-free: `idcscan evaluate` scores any ONNX model on any folder in the datase
 `OnnxModel.predict`, i.e. `to_model_input` and onnxruntime, exactly as the worker does.
 
 The decision threshold is chosen on the validation patients, never on test. Rules:
-- `balanced-accuracy` (default): the threshold that maximises balanced accuracy on validation
-  (Youden's J); of equal maxima, the highest threshold.
-- `sensitivity`: the highest threshold whose validation sensitivity is at least
-  `--min-sensitivity` (0.90 by default): the fewest false alarms that still find 90% of IDC.
+- `sensitivity` (default): a missed cancer costs more than a false alarm, so the highest
+  threshold whose validation sensitivity is at least `--min-sensitivity` (0.90 by default): the
+  best specificity that still finds 90% of IDC.
+- `balanced-accuracy`: the threshold that maximises balanced accuracy on validation (Youden's J);
+  of equal maxima, the highest threshold.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from idcscan.core.metrics import binary_report, roc_curve
 
-THRESHOLD_RULES = ("balanced-accuracy", "sensitivity")
+if TYPE_CHECKING:
+    from idcscan.trainer.data import PatchSet
+
+THRESHOLD_RULES = ("sensitivity", "balanced-accuracy")
 
 
 def choose_threshold(
     labels: np.ndarray,
     probabilities: np.ndarray,
-    rule: str = "balanced-accuracy",
+    rule: str = "sensitivity",
     min_sensitivity: float = 0.90,
 ) -> float:
     """The decision threshold on validation scores by `rule` (see the module's docstring)."""
@@ -56,6 +60,36 @@ def split_report(
         for p in sorted(set(patients.tolist()))
     }
     return {"overall": binary_report(labels, probabilities, threshold), "per_patient": per_patient}
+
+
+SUMMARY_KEYS = (
+    "fn",
+    "recall",
+    "specificity",
+    "balanced_accuracy",
+    "f1",
+    "precision",
+    "auroc",
+    "pr_auc",
+    "threshold",
+)
+
+
+def fold_summary(per_fold: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figures of several folds: each fold's, mean and sd (over folds) of every figure, and the
+    confusion counts summed over folds."""
+    summary: dict[str, Any] = {"per_fold": per_fold}
+    for key in SUMMARY_KEYS:
+        values = np.array(
+            [f[key] for f in per_fold if f[key] is not None and not np.isnan(f[key])],
+            dtype=np.float64,
+        )
+        summary[key] = {
+            "mean": float(values.mean()) if len(values) else None,
+            "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        }
+    summary["pooled"] = {k: int(sum(f[k] for f in per_fold)) for k in ("tp", "fp", "tn", "fn")}
+    return summary
 
 
 def json_safe(value: Any) -> Any:
@@ -101,4 +135,19 @@ def evaluate_onnx(
         **split_report(
             np.concatenate(labels), np.concatenate(probabilities), np.concatenate(patients), cut
         ),
+    }
+
+
+def evaluate_patches(
+    model_path: Path, patches: PatchSet, batch_size: int = 256, provider: str = "auto"
+) -> dict[str, Any]:
+    """An ONNX model's figures on patches already in memory, at its own threshold."""
+    from idcscan.core.onnxmodel import OnnxModel
+
+    model = OnnxModel(model_path, provider=provider)
+    probabilities = model.predict(patches.tiles, batch_size=batch_size)
+    return {
+        "model_version": model.manifest.version,
+        "patients": patches.patient_ids,
+        **split_report(patches.labels, probabilities, patches.patients, model.spec.threshold),
     }

@@ -31,7 +31,7 @@ PARITY_TOLERANCE = 1e-4
 OPSET = 17
 
 
-def load_run(run: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_run(run: Path) -> tuple[ProbabilityHead, dict[str, Any]]:
     """The best network of a run folder (eval mode, CPU) and its metrics.json."""
     run = Path(run)
     metrics_path, best_path = run / "metrics.json", run / "best.pt"
@@ -40,7 +40,8 @@ def load_run(run: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     metrics = json.loads(metrics_path.read_text())
     network = build_model(metrics["arch"], float(metrics["width"]))
     network.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
-    return ProbabilityHead(network).eval(), metrics
+    temperature = float(metrics.get("temperature", 1.0))  # runs before calibration have none
+    return ProbabilityHead(network, temperature).eval(), metrics
 
 
 def model_version(model: torch.nn.Module, metrics: dict[str, Any]) -> str:
@@ -60,10 +61,17 @@ def identity(version: str, metrics: dict[str, Any]) -> dict[str, Any]:
         "architecture": metrics["arch"],
         "width": metrics["width"],
         "balance": metrics["balance"],
+        "augment": metrics.get("augment"),
+        "temperature": metrics.get("temperature", 1.0),
         "threshold_rule": metrics["threshold_rule"],
         "min_sensitivity": metrics.get("min_sensitivity"),
         "best_epoch": metrics["best_epoch"],
-        "trained_on": {"data": metrics["data"], "split": metrics["split"]},
+        "trained_on": {
+            # Counts, not the folder: the file travels to machines where that path means nothing.
+            "data": {k: v for k, v in metrics["data"].items() if k != "root"},
+            "dataset": "Breast Histopathology Images (Janowczyk & Madabhushi 2016)",
+            "split": metrics["split"],
+        },
         "val_metrics": metrics["val"]["overall"],
         "test_metrics": test,
         "confusion": {k: test[k] for k in ("tp", "fp", "tn", "fn")},
@@ -153,26 +161,22 @@ def quantize_int8(source: Path, target: Path, tiles: np.ndarray, spec: TileSpec)
     onnx.save(quantized, str(target))
 
 
-def export_run(
-    run: Path,
+def export_graph(
+    model: torch.nn.Module,
     out: Path,
+    spec: TileSpec,
+    ident: dict[str, Any],
     tiles: np.ndarray,
     labels: np.ndarray | None = None,
     int8: bool = False,
 ) -> dict[str, Any]:
-    """Export a run's best model to `out`, check it against torch on `tiles`; maybe add INT8."""
+    """Export `model` (tiles in, IDC probability out) to `out`, check it against torch on
+    `tiles`; maybe add an INT8 variant."""
     if len(tiles) == 0:
         raise ValueError("the parity check needs real patches")
-    model, metrics = load_run(run)
-    version = model_version(model, metrics)
-    spec = TileSpec(
-        threshold=float(metrics["threshold"]),
-        model_version=version,
-        extra={"architecture": metrics["arch"], "balance": metrics["balance"]},
-    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    to_onnx(model, out, spec, identity(version, metrics))
+    to_onnx(model, out, spec, ident)
 
     expected = torch_probabilities(model, tiles, spec)
     got = OnnxModel(out, provider="cpu").predict(tiles)
@@ -181,7 +185,7 @@ def export_run(
         raise RuntimeError(f"ONNX and torch disagree by {difference:.2e} > {PARITY_TOLERANCE}")
     summary: dict[str, Any] = {
         "onnx": str(out),
-        "version": version,
+        "version": spec.model_version,
         "bytes": out.stat().st_size,
         "parity_patches": len(tiles),
         "parity_max_abs_difference": difference,
@@ -204,3 +208,35 @@ def export_run(
             )
     log.info("exported %s", summary)
     return summary
+
+
+def export_run(
+    run: Path,
+    out: Path,
+    tiles: np.ndarray,
+    labels: np.ndarray | None = None,
+    int8: bool = False,
+) -> dict[str, Any]:
+    """Export a run's best model to `out`, check it against torch on `tiles`; maybe add INT8."""
+    model, metrics = load_run(run)
+    version = model_version(model, metrics)
+    spec = run_spec(metrics, version)
+    return export_graph(model, out, spec, identity(version, metrics), tiles, labels, int8)
+
+
+def run_spec(metrics: dict[str, Any], version: str, threshold: float | None = None) -> TileSpec:
+    """The tile contract of a model from a training run (its threshold unless one is given)."""
+    return TileSpec(
+        threshold=float(metrics["threshold"] if threshold is None else threshold),
+        model_version=version,
+        extra={"architecture": metrics["arch"], "balance": metrics["balance"]},
+    )
+
+
+def update_identity(path: Path, entries: dict[str, Any]) -> None:
+    """Add `entries` to an exported model's identity (figures known only after export)."""
+    proto = onnx.load(str(path))
+    current = {p.key: p.value for p in proto.metadata_props}
+    ident = {**json.loads(current.get(IDENTITY_KEY, "{}")), **entries}
+    set_metadata(proto, {IDENTITY_KEY: json.dumps(ident, sort_keys=True)})
+    onnx.save(proto, str(path))

@@ -177,11 +177,78 @@ def load_pretrained(model: nn.Module, path: Path) -> list[str]:
 
 
 class ProbabilityHead(nn.Module):
-    """Wraps a logits network so that its output is the IDC probability (N,): the ONNX contract."""
+    """Wraps a logits network so that its output is the IDC probability (N,): the ONNX contract.
 
-    def __init__(self, network: nn.Module) -> None:
+    The probability is `sigmoid(margin / temperature)` with margin = IDC logit - no-IDC logit,
+    i.e. the two-class softmax of the logits divided by the temperature fitted on validation.
+    """
+
+    def __init__(self, network: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         self.network = network
+        self.temperature = float(temperature)
+
+    def margin(self, tiles: torch.Tensor) -> torch.Tensor:
+        """The calibrated logit margin (N,): the probability before its sigmoid."""
+        logits = self.network(tiles).float()
+        return (logits[:, 1] - logits[:, 0]) / self.temperature
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.network(tiles).float(), dim=1)[:, 1]
+        return torch.sigmoid(self.margin(tiles))
+
+
+# Views of test-time augmentation, in the order they are added: 2 = the tile and its mirror,
+# 4 = the four right-angle rotations, 8 = the whole dihedral group.
+TTA_VIEWS = (1, 2, 4, 8)
+
+
+def dihedral_view(tiles: torch.Tensor, k: int) -> torch.Tensor:
+    """View `k` of 8 of a batch (N, C, H, W): k in 0-3 rotates by k right angles, 4-7 also
+    mirrors. The views of `TTA_VIEWS` are prefixes of `TTA_ORDER`.
+
+    Written with transposes and flips, which ONNX has (`torch.rot90` does not export)."""
+    turns = k % 4
+    if turns == 1:
+        tiles = tiles.transpose(2, 3).flip(2)
+    elif turns == 2:
+        tiles = tiles.flip(2).flip(3)
+    elif turns == 3:
+        tiles = tiles.transpose(2, 3).flip(3)
+    return tiles.flip(3) if k >= 4 else tiles
+
+
+TTA_ORDER = (0, 4, 1, 3, 2, 5, 6, 7)
+
+
+class ScoringGraph(nn.Module):
+    """What an exported model computes: the mean calibrated margin of every member network on
+    every test-time view of the batch, through one sigmoid.
+
+    One member and one view is the plain model; several members are an ensemble (of fold
+    models, say); several views are test-time augmentation over the dihedral group. Averaging
+    margins (log-odds) rather than probabilities keeps the mean calibrated when the members are.
+    Everything lives in one ONNX graph, so the worker needs no change.
+    """
+
+    def __init__(self, members: list[ProbabilityHead], views: int = 1) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a scoring graph needs at least one member")
+        if views not in TTA_VIEWS:
+            raise ValueError(f"views must be one of {TTA_VIEWS}, got {views}")
+        self.members = nn.ModuleList(members)
+        self.heads = members  # the same modules, typed for `margin`
+        self.views = views
+
+    def margin(self, tiles: torch.Tensor) -> torch.Tensor:
+        n = tiles.shape[0]
+        batch = torch.cat([dihedral_view(tiles, k) for k in TTA_ORDER[: self.views]])
+        total = torch.zeros(n, dtype=torch.float32, device=tiles.device)
+        for head in self.heads:
+            total = total + head.margin(batch).reshape(self.views, n).sum(dim=0)
+        return total / (self.views * len(self.heads))
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.margin(tiles))

@@ -6,20 +6,26 @@ import argparse
 
 from idcscan.trainer.balance import STRATEGIES
 from idcscan.trainer.evaluate import THRESHOLD_RULES
+from idcscan.trainer.splits import SPLIT_METHODS
 
 ARCHITECTURES = ("alexnet", "resnet18", "densenet121")
+# The presets of idcscan.trainer.augment.AUGMENTATIONS (named here so the CLI needs no torch).
+AUGMENTATION_NAMES = ("geometric", "current", "stain")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root: <patient>/<0|1>/*.png")
     parser.add_argument(
         "--split",
-        default="auto",
-        choices=("auto", "canonical", "seeded"),
-        help="patient-level split rule (see idcscan.trainer.splits)",
+        default="cv",
+        choices=SPLIT_METHODS,
+        help="patient-level rule: cross-validation, the published lists, or a seeded cut "
+        "(see idcscan.trainer.splits)",
     )
-    parser.add_argument("--folds", type=int, default=0, help="K-fold by patient (0: no folds)")
-    parser.add_argument("--fold", type=int, default=0, help="which fold is the test fold")
+    parser.add_argument("--folds", type=int, default=5, help="folds of --split cv")
+    parser.add_argument(
+        "--fold", type=int, default=0, help="`train` with --split cv: the held-out fold"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds splits, sampling, weights")
 
 
@@ -31,6 +37,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="channel multiplier of every network (1.0 = published widths)",
     )
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument(
+        "--max-per-patient",
+        type=int,
+        default=0,
+        help="patches drawn per patient and epoch, afresh each epoch (0: all): weighs patients, "
+        "not slides, and shortens epochs",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
@@ -40,7 +53,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=5,
         help="stop after this many epochs without a better validation AUROC",
     )
-    parser.add_argument("--threshold-rule", default="balanced-accuracy", choices=THRESHOLD_RULES)
+    parser.add_argument("--threshold-rule", default="sensitivity", choices=THRESHOLD_RULES)
     parser.add_argument(
         "--min-sensitivity", type=float, default=0.90, help="for --threshold-rule sensitivity"
     )
@@ -63,12 +76,25 @@ def add_balance_argument(parser: argparse.ArgumentParser, many: bool = False) ->
         parser.add_argument(
             "--balance",
             nargs="+",
-            default=["weighted"],
+            default=["oversample"],
             choices=STRATEGIES,
             help="class-imbalance strategies to compare",
         )
+        parser.add_argument(
+            "--augment",
+            nargs="+",
+            default=["stain"],
+            choices=AUGMENTATION_NAMES,
+            help="augmentation presets to compare (see idcscan.trainer.augment)",
+        )
     else:
-        parser.add_argument("--balance", default="weighted", choices=STRATEGIES)
+        parser.add_argument("--balance", default="oversample", choices=STRATEGIES)
+        parser.add_argument(
+            "--augment",
+            default="stain",
+            choices=AUGMENTATION_NAMES,
+            help="augmentation preset (see idcscan.trainer.augment)",
+        )
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,12 @@
 `get_args_parser`, `main`, `train_one_epoch`, `evaluate`. A run folder holds:
 `checkpoint.pt` (last epoch: weights, optimiser, schedule, scaler, history, arguments; `--resume`
 continues from it), `best.pt` (the epoch with the best validation AUROC; early stopping watches
-the same figure), `metrics.json` (threshold chosen on validation, figures per split and per
-patient) and `predictions.npz` (validation and test probabilities, for curves).
+the same figure), `metrics.json` (temperature and threshold chosen on validation, figures per
+split and per patient) and `predictions.npz` (validation and test logit margins and calibrated
+probabilities, for curves and for re-thresholding without retraining).
+
+With `--split cv`, "test" is the fold's held-out patients; the published test patients are in no
+fold and are scored only by `idcscan compare`, once, with the model it chose.
 """
 
 from __future__ import annotations
@@ -35,12 +39,17 @@ from torch import nn
 from idcscan.core.metrics import auroc
 from idcscan.core.tiles import TileSpec
 from idcscan.trainer import balance
-from idcscan.trainer.augment import ClassificationPresetEval, ClassificationPresetTrain
-from idcscan.trainer.data import PatchSet, find_patients, load_patches
+from idcscan.trainer.augment import (
+    ClassificationPresetEval,
+    ClassificationPresetTrain,
+    training_preset,
+)
+from idcscan.trainer.calibration import expected_calibration_error, fit_temperature, sigmoid
+from idcscan.trainer.data import PatchSet, find_patients, load_patches, patient_counts
 from idcscan.trainer.evaluate import choose_threshold, json_safe, split_report
 from idcscan.trainer.models import build_model, load_pretrained
 from idcscan.trainer.options import add_train_arguments
-from idcscan.trainer.splits import Split, make_split
+from idcscan.trainer.splits import Split, cv_split, make_split
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +173,8 @@ def evaluate(
     progress: Progress | None = None,
     description: str = "evaluate",
 ) -> np.ndarray:
-    """IDC probabilities of every patch, through the evaluation preset (no augmentation)."""
+    """The IDC logit margin (IDC logit minus no-IDC logit) of every patch, through the evaluation
+    preset (no augmentation). `sigmoid(margin / temperature)` is the calibrated probability."""
     model.eval()
     out = np.empty(len(patches), dtype=np.float32)
     task = progress.add_task(description, total=len(patches), status="") if progress else None
@@ -172,7 +182,8 @@ def evaluate(
         images = preset(patches.tiles[start : start + batch_size]).to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             logits = model(images)
-        out[start : start + len(images)] = torch.softmax(logits.float(), 1)[:, 1].cpu().numpy()
+        logits = logits.float()
+        out[start : start + len(images)] = (logits[:, 1] - logits[:, 0]).cpu().numpy()
         if progress is not None and task is not None:
             progress.update(task, advance=len(images))
     if progress is not None and task is not None:
@@ -191,8 +202,14 @@ def _save(obj: dict[str, Any], path: Path) -> None:
     tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
-def resolve_split(args: argparse.Namespace) -> Split:
-    return make_split(find_patients(Path(args.data)), args.split, args.seed, args.folds, args.fold)
+def resolve_split(
+    args: argparse.Namespace, fold: int | None = None
+) -> tuple[Split, tuple[str, ...]]:
+    """The run's split, and the published test patients that `--split cv` sets aside."""
+    if args.split == "cv":
+        counts = patient_counts(Path(args.data))
+        return cv_split(counts, args.folds, args.fold if fold is None else fold, args.seed)
+    return make_split(find_patients(Path(args.data)), args.split, args.seed), ()
 
 
 def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str, Any]:
@@ -206,7 +223,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    split = resolve_split(args)
+    split, final_test = resolve_split(args)
     if patches is None:
         patches = load_patches(Path(args.data), split.train + split.val + split.test)
     train_set, val_set, test_set = (
@@ -222,9 +239,20 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
     )
 
     spec = TileSpec()
-    train_preset, eval_preset = ClassificationPresetTrain(spec), ClassificationPresetEval(spec)
-    indices = balance.epoch_indices(train_set.labels, args.balance, args.seed)
-    weights = balance.class_weights(train_set.labels, args.balance)
+    train_preset, eval_preset = training_preset(spec, args.augment), ClassificationPresetEval(spec)
+
+    def epoch_indices(epoch: int) -> np.ndarray:
+        return balance.epoch_indices(
+            train_set.labels,
+            args.balance,
+            args.seed,
+            train_set.patients,
+            args.max_per_patient,
+            epoch,
+        )
+
+    indices = epoch_indices(0)  # every epoch has this length (the schedule counts on it)
+    weights = balance.class_weights(train_set.labels[indices], args.balance)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.from_numpy(weights))
     criterion = criterion.to(device)
 
@@ -272,7 +300,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
             task = progress.add_task(f"epoch {epoch + 1}", total=len(indices), status="")
             batches = training_batches(
                 train_set,
-                indices,
+                epoch_indices(epoch),
                 args.batch_size,
                 train_preset,
                 args.seed,
@@ -283,10 +311,10 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
                 model, criterion, optimizer, scheduler, batches, device, scaler, progress, task
             )
             progress.remove_task(task)
-            val_probabilities = evaluate(
+            val_margins = evaluate(
                 model, val_set, eval_preset, device, progress=progress, description="validation"
             )
-            figures["val_auroc"] = auroc(val_set.labels, val_probabilities)
+            figures["val_auroc"] = auroc(val_set.labels, val_margins)
             state["history"].append({"epoch": epoch + 1, **figures})
             state["epoch"] = epoch + 1
             if figures["val_auroc"] > state["best_auroc"]:
@@ -330,22 +358,40 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         model.load_state_dict(
             torch.load(best_path, map_location=device, weights_only=True)["model"]
         )
-        val_probabilities = evaluate(
+        val_margins = evaluate(
             model, val_set, eval_preset, device, progress=progress, description="validation"
         )
+        # Calibrate first, then threshold the calibrated probabilities (the order the ONNX
+        # graph applies them in); both are fitted on validation alone.
+        temperature = fit_temperature(val_set.labels, val_margins)
+        val_probabilities = sigmoid(val_margins / temperature)
         threshold = choose_threshold(
             val_set.labels, val_probabilities, args.threshold_rule, args.min_sensitivity
         )
         # The test patients are scored once, with the model and threshold fixed on validation.
-        test_probabilities = evaluate(
+        test_margins = evaluate(
             model, test_set, eval_preset, device, progress=progress, description="test"
         )
+        test_probabilities = sigmoid(test_margins / temperature)
 
     metrics = json_safe(
         {
             "arch": args.arch,
             "width": args.width,
             "balance": args.balance,
+            "augment": args.augment,
+            "max_per_patient": args.max_per_patient,
+            "temperature": temperature,
+            "calibration": {
+                split_name: {
+                    "ece_before": expected_calibration_error(labels, sigmoid(margins)),
+                    "ece_after": expected_calibration_error(labels, sigmoid(margins / temperature)),
+                }
+                for split_name, labels, margins in (
+                    ("val", val_set.labels, val_margins),
+                    ("test", test_set.labels, test_margins),
+                )
+            },
             "threshold": threshold,
             "threshold_rule": args.threshold_rule,
             "min_sensitivity": args.min_sensitivity
@@ -353,7 +399,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
             else None,
             "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"],
-            "split": split.as_dict(),
+            "split": {**split.as_dict(), "set_aside_test": list(final_test)},
             "spec": asdict(spec),
             "data": {
                 "root": str(args.data),
@@ -373,9 +419,11 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         out / "predictions.npz",
         val_labels=val_set.labels,
         val_probabilities=val_probabilities,
+        val_margins=val_margins,
         val_patients=val_set.patients,
         test_labels=test_set.labels,
         test_probabilities=test_probabilities,
+        test_margins=test_margins,
         test_patients=test_set.patients,
     )
     return metrics

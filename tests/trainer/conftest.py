@@ -1,7 +1,9 @@
 """Trainer fixtures: a small dataset of real sample patches, and one tiny trained, exported run.
 
-The samples hold two patients; a patient-level split needs three, so patient 9125's patches are
-divided between two folders (`9125` and `9125b`). Training and export happen once per session.
+The samples hold two patients; cross-validation needs more, so half of patient 9125's patches are
+dealt round-robin into six pseudo-patients `p1`-`p6` (each with both classes). Half of patient
+8916's stay as `8916`, a published test patient, which `--split cv` sets aside. Training and
+export happen once per session.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from tests.conftest import SAMPLE_PATIENTS
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three patient folders of real patches (about 330 in all), linked from the samples."""
+    """Seven patient folders of real patches (about 390 in all), linked from the samples."""
     root = tmp_path_factory.mktemp("tiny-idc")
     files = {p: sorted((SAMPLE_PATIENTS / p).glob("*/*.png")) for p in ("8916", "9125")}
-    groups = {"8916": files["8916"][::2], "9125": files["9125"][::5], "9125b": files["9125"][2::5]}
+    groups = {"8916": files["8916"][::2]}
+    groups.update({f"p{i + 1}": files["9125"][2 * i :: 12] for i in range(6)})
     for patient, paths in groups.items():
         for path in paths:
             folder = root / patient / path.parent.name
@@ -45,6 +48,8 @@ def training_args(data: Path, out: Path, **overrides: Any) -> argparse.Namespace
         "1",
         "--batch-size",
         "64",
+        "--folds",
+        "3",
         "--no-progress",
         "--device",
         "cpu",

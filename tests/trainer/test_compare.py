@@ -13,7 +13,7 @@ from idcscan.core.onnxmodel import OnnxModel
 pytestmark = pytest.mark.train
 
 
-def test_compare_reports_selects_on_validation_and_exports(
+def test_compare_cross_validates_selects_and_ships_a_variant(
     tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "cmp"
@@ -28,11 +28,14 @@ def test_compare_reports_selects_on_validation_and_exports(
         "resnet18",
         "--balance",
         "undersample",
-        "weighted",
+        "--folds",
+        "3",
         "--width",
         "0.125",
         "--epochs",
         "1",
+        "--max-per-patient",
+        "40",
         "--no-progress",
         "--device",
         "cpu",
@@ -40,22 +43,41 @@ def test_compare_reports_selects_on_validation_and_exports(
     assert cli(argv) == 0
     report = json.loads((out / "comparison.json").read_text())
     names = [row["name"] for row in report["models"]]
-    assert names == [
-        "alexnet-undersample",
-        "alexnet-weighted",
-        "resnet18-undersample",
-        "resnet18-weighted",
-    ]
-    best = max(report["models"], key=lambda r: (r["val"]["auroc"], r["val"]["balanced_accuracy"]))
+    assert names == ["alexnet-undersample-stain", "resnet18-undersample-stain"]
+    # Every patient but the published test patient is held out exactly once.
+    held_out = [p for split in report["splits"] for p in split["test"]]
+    assert sorted(held_out) == [f"p{i}" for i in range(1, 7)]
+    assert report["final_test_patients"] == ["8916"]
+    for row in report["models"]:
+        assert len(row["cv"]["per_fold"]) == 3
+        folds = [f["fn"] for f in row["cv"]["per_fold"]]
+        assert row["cv"]["fn"]["mean"] == pytest.approx(sum(folds) / 3)
+        assert row["cv"]["pooled"]["fn"] == sum(folds)
+        assert (out / f"confusion-{row['name']}.png").stat().st_size > 0
+    best = max(
+        report["models"],
+        key=lambda r: (r["cv"]["auroc"]["mean"], r["cv"]["balanced_accuracy"]["mean"]),
+    )
     assert report["best"] == best["name"]
-    for name in names:
-        assert (out / f"confusion-{name}.png").stat().st_size > 0
-    assert (out / "curves-val.png").is_file() and (out / "curves-test.png").is_file()
+    assert (out / "curves-held-out.png").is_file()
     assert f"**{best['name']}**" in (out / "comparison.md").read_text()
+
+    # TTA is cross-validated per view count; the shipped variant obeys the 2x cost rule.
+    variants = report["variants"]
+    assert {"tta-1", "tta-2", "tta-4", "tta-8", "ensemble-3"} <= set(variants)
+    assert all(len(variants[f"tta-{v}"]["cv"]["per_fold"]) == 3 for v in (1, 2, 4, 8))
+    assert variants[report["shipped"]]["slowdown"] <= 2.0
     model = OnnxModel(out / "best.onnx", provider="cpu")
     assert model.manifest.identity["architecture"] == best["arch"]
-    assert model.spec.threshold == pytest.approx(best["threshold"])
-    assert "best on validation" in capsys.readouterr().out
+    assert model.spec.threshold == pytest.approx(variants[report["shipped"]]["threshold"])
+    # The published test patient was scored once, by the shipped model, and recorded with it.
+    final = report["final_test"][report["shipped"]]
+    assert final["patients"] == ["8916"]
+    assert model.manifest.identity["test_metrics"]["fn"] == final["overall"]["fn"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Cross-validated figures" in card and "<IDC dataset>" in card
+    assert str(tiny_dataset) not in card  # no local path in what may be committed
+    assert "best by cross-validation" in capsys.readouterr().out
 
 
 def test_export_command_with_int8_variant(

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from idcscan.core.onnxmodel import OnnxModel  # noqa: E402
-from idcscan.core.tiles import TileSpec  # noqa: E402
+from idcscan.core.tiles import TileSpec, to_model_input  # noqa: E402
 from idcscan.trainer.export import PARITY_TOLERANCE, to_onnx, torch_probabilities  # noqa: E402
 from idcscan.trainer.models import ProbabilityHead, build_model, load_pretrained  # noqa: E402
 from idcscan.trainer.options import ARCHITECTURES  # noqa: E402
@@ -34,6 +34,51 @@ def test_exports_with_a_dynamic_batch_and_matches_torch(arch: str, tmp_path: Pat
         assert np.all((probabilities >= 0) & (probabilities <= 1))
         expected = torch_probabilities(model, batch, spec)
         np.testing.assert_allclose(probabilities, expected, atol=PARITY_TOLERANCE)
+
+
+@pytest.mark.parametrize(("members", "views"), [(1, 2), (1, 8), (3, 1), (2, 4)])
+def test_tta_and_ensemble_graphs_export_and_match_torch(
+    members: int, views: int, tmp_path: Path
+) -> None:
+    from idcscan.trainer.models import ScoringGraph, dihedral_view
+
+    torch.manual_seed(members * 10 + views)
+    heads = [
+        ProbabilityHead(build_model("resnet18", width=0.125), temperature=0.5 + i).eval()
+        for i in range(members)
+    ]
+    graph = ScoringGraph(heads, views=views).eval()
+    path = tmp_path / "graph.onnx"
+    spec = TileSpec(model_version="test-graph")
+    to_onnx(graph, path, spec, {"version": spec.model_version, "architecture": "resnet18"})
+    tiles = np.random.default_rng(1).integers(0, 256, (7, 50, 50, 3), dtype=np.uint8)
+    got = OnnxModel(path, provider="cpu").predict(tiles)
+    np.testing.assert_allclose(got, torch_probabilities(graph, tiles, spec), atol=PARITY_TOLERANCE)
+
+    # Written out by hand: the mean calibrated margin over members and views, then a sigmoid.
+    x = torch.from_numpy(to_model_input(tiles, spec))
+    order = (0, 4, 1, 3, 2, 5, 6, 7)[:views]
+    with torch.inference_mode():
+        margins = [h.margin(dihedral_view(x, k)) for h in heads for k in order]
+        by_hand = torch.sigmoid(torch.stack(margins).mean(dim=0)).numpy()
+    np.testing.assert_allclose(got, by_hand, atol=PARITY_TOLERANCE)
+
+
+def test_full_dihedral_tta_is_invariant_to_rotating_the_tile() -> None:
+    from idcscan.trainer.models import ScoringGraph, dihedral_view
+
+    x = torch.rand(2, 3, 6, 6)
+    for k in range(8):
+        expected = torch.rot90(x, k % 4, dims=(2, 3))
+        expected = torch.flip(expected, dims=(3,)) if k >= 4 else expected
+        assert torch.equal(dihedral_view(x, k), expected)
+
+    torch.manual_seed(0)
+    graph = ScoringGraph([ProbabilityHead(build_model("alexnet", width=0.125))], views=8).eval()
+    x = torch.rand(4, 3, 50, 50)
+    with torch.inference_mode():
+        turned = graph(torch.rot90(x, 1, dims=(2, 3)))
+        np.testing.assert_allclose(graph(x).numpy(), turned.numpy(), atol=1e-5)
 
 
 def test_unknown_architecture() -> None:

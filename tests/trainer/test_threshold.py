@@ -30,6 +30,12 @@ def test_sensitivity_rule_keeps_sensitivity_with_fewest_false_alarms() -> None:
     assert all(figures_at(t).sensitivity < 0.9 for t in higher)
 
 
+def test_the_default_rule_puts_sensitivity_first() -> None:
+    threshold = choose_threshold(LABELS, SCORES)
+    assert threshold == choose_threshold(LABELS, SCORES, "sensitivity", min_sensitivity=0.9)
+    assert figures_at(threshold).sensitivity >= 0.9
+
+
 def test_rules_refuse_bad_input() -> None:
     with pytest.raises(ValueError, match="both classes"):
         choose_threshold(np.ones(5), np.linspace(0, 1, 5))
