@@ -23,8 +23,6 @@ RUN python -m venv /opt/idcscan \
  && install -d -o idcscan -g idcscan /var/lib/idcscan
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir "/wheels/$(cd /wheels && ls idcscan-*.whl)[s3]"
-COPY models /opt/idcscan-models
-ENV IDCSCAN_MODEL_PATH=/opt/idcscan-models/idc-reference.onnx
 WORKDIR /var/lib/idcscan
 
 # --- api: Flask behind gunicorn ---------------------------------------------------------------
@@ -56,8 +54,6 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir "/wheels/$(cd /wheels && ls idcscan-*.whl)[gpu,s3]" \
  && pip uninstall -y onnxruntime \
  && pip install --no-cache-dir --force-reinstall --no-deps "onnxruntime-gpu>=1.18,<2"
-COPY models /opt/idcscan-models
-ENV IDCSCAN_MODEL_PATH=/opt/idcscan-models/idc-reference.onnx
 WORKDIR /var/lib/idcscan
 USER idcscan
 CMD ["idcscan", "worker"]

@@ -16,12 +16,12 @@ DATASET = Path(os.environ.get("IDCSCAN_BENCH_DATASET", ROOT.parent / "shared" / 
 
 def benchmark_model(work: Path, requested: Path | None = None) -> Path:
     """The given model, else the reference model, else a 3-block CNN with the tile contract."""
-    from idcscan.worker.commands import REFERENCE_MODEL
+    from idcscan.core.onnxmodel import reference_model
 
     if requested:
         return requested
-    if REFERENCE_MODEL.exists():
-        return REFERENCE_MODEL
+    if reference_model().exists():
+        return reference_model()
     from tests.worker.models import build_benchmark_model
 
     return build_benchmark_model(work / "bench-cnn.onnx")

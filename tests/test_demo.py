@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @KOMBU_NOLOAD
 def test_the_demo_runs_end_to_end_with_the_reference_model(tmp_path: Path) -> None:
-    assert (ROOT / "models" / "idc-reference.onnx").is_file()
+    assert (ROOT / "idcscan" / "models" / "idc-reference.onnx").is_file()
     out = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDCSCAN_")}
     done = subprocess.run(

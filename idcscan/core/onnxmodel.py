@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,12 @@ INPUT_NAME = "tiles"
 OUTPUT_NAME = "idc_probability"
 IDENTITY_KEY = "idcscan.model"
 """Metadata key of the model's identity (JSON: version, architecture, trained_on, metrics...)."""
+
+
+def reference_model() -> Path:
+    """The reference model, shipped inside the package (package data): a wheel install carries it,
+    so `idcscan score` and `idcscan demo` work without a checkout."""
+    return Path(str(resources.files("idcscan").joinpath("models/idc-reference.onnx")))
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:

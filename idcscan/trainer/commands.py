@@ -57,7 +57,13 @@ def register(subparsers: Any) -> None:
     models = subparsers.add_parser("models", help="the model registry")
     models_sub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     reg = models_sub.add_parser("register", help="record an exported model in the database")
-    reg.add_argument("model", help="ONNX model file exported by idcscan")
+    reg.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="ONNX model file exported by idcscan (default: IDCSCAN_MODEL_PATH, else the "
+        "reference model shipped with idcscan)",
+    )
     reg.add_argument("--activate", action="store_true", help="make it the active model")
     reg.set_defaults(func=_models_register)
 
@@ -145,7 +151,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _models_register(args: argparse.Namespace) -> int:
     from idcscan.core.registry import register_model
 
-    row = register_model(Path(args.model), activate=args.activate)
+    if args.model is None:
+        from idcscan.core.onnxmodel import reference_model
+        from idcscan.core.settings import get_settings
+
+        model = get_settings().model_path or reference_model()
+    else:
+        model = Path(args.model)
+    row = register_model(model, activate=args.activate)
     print(
         f"registered model {row['id']}: {row['version']} ({row['architecture']})"
         + (", active" if row["active"] else "")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-REFERENCE_MODEL = Path(__file__).resolve().parents[2] / "models" / "idc-reference.onnx"
 
 
 def register(subparsers: Any) -> None:
@@ -68,9 +67,10 @@ def _assemble(args: argparse.Namespace) -> int:
 
 
 def default_model() -> Path:
+    from idcscan.core.onnxmodel import reference_model
     from idcscan.core.settings import get_settings
 
-    return get_settings().model_path or REFERENCE_MODEL
+    return get_settings().model_path or reference_model()
 
 
 def _score(args: argparse.Namespace) -> int:

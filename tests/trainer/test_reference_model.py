@@ -2,7 +2,7 @@
 
 Both sample patients (8916, 9125) are test patients of the reference model: `idcscan evaluate`
 on them, through onnxruntime and the shared preprocessing, must reproduce the per-patient
-figures the trainer recorded with torch (`models/idc-reference.metrics.json`).
+figures the trainer recorded with torch (`idcscan/models/idc-reference.metrics.json`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from idcscan.core.onnxmodel import OnnxModel
 from idcscan.trainer.evaluate import evaluate_onnx
 from tests.conftest import ROOT, SAMPLE_PATIENTS
 
-REFERENCE = ROOT / "models" / "idc-reference.onnx"
-RECORDED = ROOT / "models" / "idc-reference.metrics.json"
+REFERENCE = ROOT / "idcscan" / "models" / "idc-reference.onnx"
+RECORDED = ROOT / "idcscan" / "models" / "idc-reference.metrics.json"
 
 
 def test_reference_model_is_small_and_carries_its_contract() -> None:

@@ -19,8 +19,8 @@ from idcscan.worker.assemble import assemble
 from idcscan.worker.pipeline import score_slide
 from tests.conftest import ROOT, SAMPLE_PATIENTS
 
-REFERENCE = ROOT / "models" / "idc-reference.onnx"
-RECORDED = ROOT / "models" / "idc-reference.metrics.json"
+REFERENCE = ROOT / "idcscan" / "models" / "idc-reference.onnx"
+RECORDED = ROOT / "idcscan" / "models" / "idc-reference.metrics.json"
 
 
 @pytest.mark.parametrize("patient", ["8916", "9125"])
