@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def register(subparsers: Any) -> None:
     assemble = subparsers.add_parser(
         "assemble",
