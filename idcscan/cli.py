@@ -39,7 +39,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", type=Path, help="ONNX model (default: the reference model)")
     demo.add_argument("--keep", action="store_true", help="keep the service's data folder and logs")
     demo.set_defaults(func=_demo)
+
+    rule = subparsers.add_parser(
+        "slide-rule",
+        help="slide-level figures of a cross-validated comparison; sets its slide call rule",
+    )
+    rule.add_argument("comparison", type=Path, help="output folder of `idcscan compare`")
+    rule.add_argument("--data", type=Path, required=True, help="the dataset it was trained on")
+    rule.add_argument(
+        "--min-patches",
+        type=int,
+        default=None,
+        help="patients with more patches count as whole slides (default: the trainer's 200)",
+    )
+    rule.add_argument(
+        "--no-apply", action="store_true", help="report only; leave best.onnx unchanged"
+    )
+    rule.set_defaults(func=_slide_rule)
     return parser
+
+
+def _slide_rule(args: argparse.Namespace) -> int:
+    from idcscan.slide_rule import run
+
+    result = run(args.comparison, args.data, args.min_patches, apply=not args.no_apply)
+    errors = result["errors"]
+    print(
+        f"{result['rule']}: {errors['missed_idc_slides']} of "
+        f"{sum(s['kind'] == 'whole' for s in result['slides'])} whole slides missed, "
+        f"{errors['false_idc_slides']} benign parts called IDC; "
+        f"report in {args.comparison / 'slide-level.md'}"
+    )
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -40,6 +40,9 @@ class TileSpec:
     class_names: tuple[str, ...] = ("no_idc", "idc")
     threshold: float = 0.5
     """Decision threshold on the IDC probability, chosen on validation patients."""
+    slide_min_idc_mm2: float = 0.08
+    """The slide call: `idc` when at least this much tissue (mm2) reaches the threshold. Chosen
+    on reassembled validation slides (`idcscan slide-rule`); 0.08 mm2 is two 200 um tiles."""
     model_version: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     """Free-form identity of the model (architecture, training run, data) carried alongside."""
@@ -55,6 +58,8 @@ class TileSpec:
             raise ValueError("mean and std need three values, std positive")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
+        if self.slide_min_idc_mm2 < 0:
+            raise ValueError(f"slide_min_idc_mm2 must be >= 0, got {self.slide_min_idc_mm2}")
         if len(self.class_names) != 2:
             raise ValueError("idcscan models are binary: two class names, negative first")
 

@@ -40,8 +40,10 @@ def load_run(run: Path) -> tuple[ProbabilityHead, dict[str, Any]]:
     metrics = json.loads(metrics_path.read_text())
     network = build_model(metrics["arch"], float(metrics["width"]))
     network.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["model"])
-    temperature = float(metrics.get("temperature", 1.0))  # runs before calibration have none
-    return ProbabilityHead(network, temperature).eval(), metrics
+    # Runs made before calibration have neither number: the plain softmax.
+    temperature = float(metrics.get("temperature", 1.0))
+    bias = float(metrics.get("calibration_bias", 0.0))
+    return ProbabilityHead(network, temperature, bias).eval(), metrics
 
 
 def model_version(model: torch.nn.Module, metrics: dict[str, Any]) -> str:
@@ -63,6 +65,7 @@ def identity(version: str, metrics: dict[str, Any]) -> dict[str, Any]:
         "balance": metrics["balance"],
         "augment": metrics.get("augment"),
         "temperature": metrics.get("temperature", 1.0),
+        "calibration_bias": metrics.get("calibration_bias", 0.0),
         "threshold_rule": metrics["threshold_rule"],
         "min_sensitivity": metrics.get("min_sensitivity"),
         "best_epoch": metrics["best_epoch"],

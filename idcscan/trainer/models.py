@@ -179,21 +179,23 @@ def load_pretrained(model: nn.Module, path: Path) -> list[str]:
 class ProbabilityHead(nn.Module):
     """Wraps a logits network so that its output is the IDC probability (N,): the ONNX contract.
 
-    The probability is `sigmoid(margin / temperature)` with margin = IDC logit - no-IDC logit,
-    i.e. the two-class softmax of the logits divided by the temperature fitted on validation.
+    The probability is `sigmoid(margin / temperature + bias)` with margin = IDC logit - no-IDC
+    logit: with temperature 1 and bias 0, the two-class softmax; temperature and bias are fitted
+    on validation (`idcscan.trainer.calibration`).
     """
 
-    def __init__(self, network: nn.Module, temperature: float = 1.0) -> None:
+    def __init__(self, network: nn.Module, temperature: float = 1.0, bias: float = 0.0) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.network = network
         self.temperature = float(temperature)
+        self.bias = float(bias)
 
     def margin(self, tiles: torch.Tensor) -> torch.Tensor:
         """The calibrated logit margin (N,): the probability before its sigmoid."""
         logits = self.network(tiles).float()
-        return (logits[:, 1] - logits[:, 0]) / self.temperature
+        return (logits[:, 1] - logits[:, 0]) / self.temperature + self.bias
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.margin(tiles))

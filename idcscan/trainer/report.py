@@ -306,7 +306,8 @@ def model_card(report: dict[str, Any], metrics: dict[str, Any]) -> str:
         f"- Shipped variant: `{report['shipped']}` ({shipped['members']} network, "
         f"{shipped['views']} test-time view(s)), the model of fold {fold} (best validation AUROC "
         "of the selected configuration's folds).",
-        f"- Probability calibrated by temperature scaling on its validation fold; decision "
+        "- Probability calibrated on its validation fold (temperature and bias, "
+        "`idcscan/trainer/calibration.py`); decision "
         f"threshold {shipped['threshold']:.4f}, rule: {rule}.",
         f"- ONNX: {shipped['bytes'] / 1e6:.2f} MB, input `tiles` float32 (N, 3, 50, 50), output "
         "`idc_probability` (N,); tile contract and identity in the metadata. Checked against torch "
@@ -337,18 +338,18 @@ def model_card(report: dict[str, Any], metrics: dict[str, Any]) -> str:
         *variants_section(report),
         "## Calibration (expected calibration error, 15 bins)",
         "",
-        "| fold | temperature | validation before | validation after | held-out before | held-out after |",
-        "|---|---|---|---|---|---|",
+        "The shipped variant's calibration, fitted in every fold on its validation patients "
+        "and measured there and on the held-out patients:",
+        "",
+        "| fold | temperature | bias | validation before | validation after | held-out before "
+        "| held-out after |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for i, (temperature, calibration) in enumerate(
-        zip(best["cv"]["temperature"], best["cv"]["calibration"], strict=True)
-    ):
-        if calibration is None:
-            continue
-        val, held = calibration["val"], calibration["test"]
+    for i, c in enumerate((shipped.get("cv") or {}).get("calibration", [])):
         lines.append(
-            f"| {i} | {_cell(temperature)} | {_cell(val['ece_before'])} | {_cell(val['ece_after'])}"
-            f" | {_cell(held['ece_before'])} | {_cell(held['ece_after'])} |"
+            f"| {i} | {_cell(c['temperature'])} | {_cell(c['bias'])} | {_cell(c['val_before'])} | "
+            f"{_cell(c['val_after'])} | {_cell(c['held_out_before'])} | "
+            f"{_cell(c['held_out_after'])} |"
         )
     final = (report.get("final_test") or {}).get(report["shipped"])
     lines += [

@@ -44,7 +44,7 @@ from idcscan.trainer.augment import (
     ClassificationPresetTrain,
     training_preset,
 )
-from idcscan.trainer.calibration import expected_calibration_error, fit_temperature, sigmoid
+from idcscan.trainer.calibration import expected_calibration_error, fit_platt, sigmoid
 from idcscan.trainer.data import PatchSet, find_patients, load_patches, patient_counts
 from idcscan.trainer.evaluate import choose_threshold, json_safe, split_report
 from idcscan.trainer.models import build_model, load_pretrained
@@ -363,8 +363,8 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         )
         # Calibrate first, then threshold the calibrated probabilities (the order the ONNX
         # graph applies them in); both are fitted on validation alone.
-        temperature = fit_temperature(val_set.labels, val_margins)
-        val_probabilities = sigmoid(val_margins / temperature)
+        temperature, bias = fit_platt(val_set.labels, val_margins)
+        val_probabilities = sigmoid(val_margins / temperature + bias)
         threshold = choose_threshold(
             val_set.labels, val_probabilities, args.threshold_rule, args.min_sensitivity
         )
@@ -372,7 +372,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         test_margins = evaluate(
             model, test_set, eval_preset, device, progress=progress, description="test"
         )
-        test_probabilities = sigmoid(test_margins / temperature)
+        test_probabilities = sigmoid(test_margins / temperature + bias)
 
     metrics = json_safe(
         {
@@ -382,10 +382,13 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
             "augment": args.augment,
             "max_per_patient": args.max_per_patient,
             "temperature": temperature,
+            "calibration_bias": bias,
             "calibration": {
                 split_name: {
                     "ece_before": expected_calibration_error(labels, sigmoid(margins)),
-                    "ece_after": expected_calibration_error(labels, sigmoid(margins / temperature)),
+                    "ece_after": expected_calibration_error(
+                        labels, sigmoid(margins / temperature + bias)
+                    ),
                 }
                 for split_name, labels, margins in (
                     ("val", val_set.labels, val_margins),

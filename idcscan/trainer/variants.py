@@ -3,7 +3,7 @@ augmentation (TTA) over the dihedral group and the ensemble of the fold models; 
 cross-validation and their cost in tiles/s.
 
 TTA is cross-validated honestly: in every fold the fold's model scores its validation and held-out
-patients under 1, 2, 4 and 8 views; temperature and threshold are refitted on validation for each
+patients under 1, 2, 4 and 8 views; calibration and threshold are refitted on validation for each
 view count, and the held-out figures are reported per fold and as mean +- sd. The ensemble of the
 fold models cannot be: every local patient was trained on by some member. Its threshold comes
 from the members' pooled held-out probabilities, and it is shown on the published test patients
@@ -26,7 +26,7 @@ import torch
 
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.tiles import TileSpec, to_model_input
-from idcscan.trainer.calibration import fit_temperature, sigmoid
+from idcscan.trainer.calibration import expected_calibration_error, fit_platt, sigmoid
 from idcscan.trainer.data import PatchSet
 from idcscan.trainer.evaluate import choose_threshold, fold_summary, split_report
 from idcscan.trainer.export import export_graph, identity, load_run, model_version, run_spec
@@ -82,25 +82,48 @@ def tta_cross_validation(
     threshold_rule: str,
     min_sensitivity: float,
 ) -> dict[int, dict[str, Any]]:
-    """For each view count, per fold: temperature and threshold fitted on validation, figures on
-    the held-out patients; and their summary over folds."""
+    """For each view count, per fold: calibration and threshold fitted on validation, figures and
+    calibration error on the held-out patients; and their summary over folds."""
     per_views: dict[int, list[dict[str, Any]]] = {v: [] for v in TTA_VIEWS}
-    fitted: dict[int, list[tuple[float, float]]] = {v: [] for v in TTA_VIEWS}
+    fitted: dict[int, list[tuple[float, float, float]]] = {v: [] for v in TTA_VIEWS}
+    calibration: dict[int, list[dict[str, float]]] = {v: [] for v in TTA_VIEWS}
     for run, split in zip(runs, splits, strict=True):
         val, held_out = patches.of_patients(split.val), patches.of_patients(split.test)
         val_margins, held_margins = _fold_view_margins(run, val, held_out)
         for views in TTA_VIEWS:
             val_mean = val_margins[:views].mean(axis=0)
-            temperature = fit_temperature(val.labels, val_mean)
+            temperature, bias = fit_platt(val.labels, val_mean)
             threshold = choose_threshold(
-                val.labels, sigmoid(val_mean / temperature), threshold_rule, min_sensitivity
+                val.labels, sigmoid(val_mean / temperature + bias), threshold_rule, min_sensitivity
             )
-            held_probabilities = sigmoid(held_margins[:views].mean(axis=0) / temperature)
+            held_mean = held_margins[:views].mean(axis=0)
+            held_probabilities = sigmoid(held_mean / temperature + bias)
             report = split_report(held_out.labels, held_probabilities, held_out.patients, threshold)
             per_views[views].append(report["overall"])
-            fitted[views].append((temperature, threshold))
+            fitted[views].append((temperature, bias, threshold))
+            calibration[views].append(
+                {
+                    "temperature": temperature,
+                    "bias": bias,
+                    "val_before": expected_calibration_error(val.labels, sigmoid(val_mean)),
+                    "val_after": expected_calibration_error(
+                        val.labels, sigmoid(val_mean / temperature + bias)
+                    ),
+                    "held_out_before": expected_calibration_error(
+                        held_out.labels, sigmoid(held_mean)
+                    ),
+                    "held_out_after": expected_calibration_error(
+                        held_out.labels, held_probabilities
+                    ),
+                }
+            )
     return {
-        views: {**fold_summary(per_views[views]), "fitted": fitted[views]} for views in TTA_VIEWS
+        views: {
+            **fold_summary(per_views[views]),
+            "fitted": fitted[views],
+            "calibration": calibration[views],
+        }
+        for views in TTA_VIEWS
     }
 
 
@@ -133,13 +156,14 @@ def export_variants(
     head, metrics = load_run(runs[best_fold])
     base_version = model_version(head, metrics)
     for views in TTA_VIEWS:
-        temperature, threshold = tta[views]["fitted"][best_fold]
-        graph = ScoringGraph([ProbabilityHead(head.network, temperature)], views).eval()
+        temperature, bias, threshold = tta[views]["fitted"][best_fold]
+        graph = ScoringGraph([ProbabilityHead(head.network, temperature, bias)], views).eval()
         version = f"{base_version}-tta{views}"
         ident = {
             **identity(version, metrics),
             "variant": {"members": 1, "views": views, "fold": best_fold},
             "temperature": temperature,
+            "calibration_bias": bias,
         }
         summary = export_graph(
             graph, out / f"tta-{views}.onnx", run_spec(metrics, version, threshold), ident, tiles

@@ -37,9 +37,6 @@ log = logging.getLogger(__name__)
 
 # Batches prepared ahead of inference; each is batch_size x 3 x H x W float32 (7.7 MB at 256x50x50).
 PREFETCH_BATCHES = 3
-# A slide is called IDC when at least this many tiles reach the threshold: one tile alone is
-# 0.04 mm2 and too easily a false positive.
-MIN_IDC_TILES = 2
 
 
 class Cancelled(Exception):
@@ -159,26 +156,30 @@ class SlideScore:
 
 
 def summarise(plan: TilePlan, probability: np.ndarray) -> dict[str, Any]:
+    """The slide summary; the slide call follows the model's own rule (its tile contract)."""
     threshold = plan.spec.threshold
+    min_area = plan.spec.slide_min_idc_mm2
     tissue_tiles = int(probability.size)
     idc_tiles = int(np.count_nonzero(probability >= threshold))
+    idc_area = idc_tiles * plan.tile_area_mm2
     if tissue_tiles == 0:
         call = "no_tissue"
-    elif idc_tiles >= MIN_IDC_TILES:
+    elif idc_tiles > 0 and idc_area >= min_area:
         call = "idc"
     else:
         call = "no_idc"
     return {
         "tissue_tiles": tissue_tiles,
         "idc_tiles": idc_tiles,
-        "idc_area_mm2": idc_tiles * plan.tile_area_mm2,
+        "idc_area_mm2": idc_area,
         "idc_fraction": idc_tiles / tissue_tiles if tissue_tiles else 0.0,
         "max_probability": float(probability.max()) if tissue_tiles else None,
         "mean_probability": float(probability.mean()) if tissue_tiles else None,
         "slide_call": call,
         "call_rule": (
-            f"idc when at least {MIN_IDC_TILES} tiles of {plan.spec.tile_um:g} um have an IDC "
-            f"probability >= {threshold:g}; no_tissue when no tile holds tissue; else no_idc"
+            f"idc when at least {min_area:g} mm2 of tissue ({plan.spec.tile_um:g} um tiles) has "
+            f"an IDC probability >= {threshold:g}; no_tissue when no tile holds tissue; "
+            "else no_idc"
         ),
         "threshold": threshold,
         "level": plan.level,

@@ -8,6 +8,7 @@ import pytest
 
 from idcscan.trainer.calibration import (
     expected_calibration_error,
+    fit_platt,
     fit_temperature,
     margins_from_probabilities,
     sigmoid,
@@ -54,3 +55,24 @@ def test_bad_input_is_refused() -> None:
         fit_temperature(np.ones(10), np.zeros(10))
     with pytest.raises(ValueError, match="at least one tile"):
         expected_calibration_error(np.array([]), np.array([]))
+
+
+def test_platt_scaling_also_undoes_a_prior_shift() -> None:
+    # A model trained on balanced classes: its margins carry a 50% prior where the truth is 20%.
+    rng = np.random.default_rng(3)
+    true_margin = rng.normal(-1.4, 2.0, 20_000)  # about 25% IDC
+    labels = (rng.random(len(true_margin)) < sigmoid(true_margin)).astype(np.int64)
+    margins = 2.0 * (true_margin + 1.4)  # over-confident and shifted
+    temperature, bias = fit_platt(labels, margins)
+    assert temperature == pytest.approx(2.0, rel=0.1) and bias == pytest.approx(-1.4, abs=0.15)
+    after = expected_calibration_error(labels, sigmoid(margins / temperature + bias))
+    temperature_only = expected_calibration_error(
+        labels, sigmoid(margins / fit_temperature(labels, margins))
+    )
+    assert after < 0.02 < temperature_only
+
+
+def test_platt_refuses_a_model_worse_than_chance() -> None:
+    labels, margins = overconfident(n=2_000)
+    with pytest.raises(ValueError, match="worse than chance"):
+        fit_platt(labels, -margins)

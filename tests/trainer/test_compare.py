@@ -79,6 +79,18 @@ def test_compare_cross_validates_selects_and_ships_a_variant(
     assert str(tiny_dataset) not in card  # no local path in what may be committed
     assert "best by cross-validation" in capsys.readouterr().out
 
+    # Slide level: the held-out pseudo-patients reassembled and scored by the worker's pipeline;
+    # the rule calls every whole slide idc and goes into the shipped model's tile contract.
+    assert cli(["slide-rule", str(out), "--data", str(tiny_dataset), "--min-patches", "20"]) == 0
+    slide_level = json.loads((out / "slide-level.json").read_text())
+    whole = [s for s in slide_level["slides"] if s["kind"] == "whole"]
+    assert sorted(s["patient"] for s in whole) == [f"p{i}" for i in range(1, 7)]
+    assert all(s["idc_area_mm2"] >= slide_level["slide_min_idc_mm2"] for s in whole)
+    assert slide_level["errors"]["missed_idc_slides"] == 0
+    shipped = OnnxModel(out / "best.onnx", provider="cpu").spec
+    assert shipped.slide_min_idc_mm2 == pytest.approx(slide_level["slide_min_idc_mm2"])
+    assert (out / "slide-level.png").read_bytes().startswith(b"\x89PNG")
+
 
 def test_export_command_with_int8_variant(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -231,3 +231,27 @@ def test_score_command_writes_outputs_without_torch(
         "tiles.csv",
         "summary.json",
     }
+
+
+@pytest.mark.parametrize(
+    ("min_mm2", "idc_tiles", "call"),
+    [
+        (0.08, 1, "no_idc"),
+        (0.08, 2, "idc"),
+        (0.4, 9, "no_idc"),
+        (0.4, 10, "idc"),
+        (0.0, 0, "no_idc"),
+    ],
+)
+def test_the_slide_call_follows_the_models_own_rule(
+    min_mm2: float, idc_tiles: int, call: str
+) -> None:
+    from idcscan.worker.pipeline import summarise
+
+    spec = TileSpec(threshold=0.5, slide_min_idc_mm2=min_mm2)  # 200 um tiles: 0.04 mm2 each
+    plan = plan_tiling(FakePyramid(4.0, (1.0,), size=(1000, 1000)), spec)
+    probability = np.where(np.arange(40) < idc_tiles, 0.9, 0.1).astype(np.float32)
+    summary = summarise(plan, probability)
+    assert summary["slide_call"] == call
+    assert summary["idc_area_mm2"] == pytest.approx(idc_tiles * 0.04)
+    assert f"{min_mm2:g} mm2" in summary["call_rule"]
