@@ -50,8 +50,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--patience",
         type=int,
-        default=5,
-        help="stop after this many epochs without a better validation AUROC",
+        default=0,
+        help="stop after this many epochs without a better validation AUROC (0: never; the "
+        "one-cycle schedule is noisiest at its peak, where early stopping would cut it short; "
+        "the best validation epoch is kept either way)",
     )
     parser.add_argument("--threshold-rule", default="sensitivity", choices=THRESHOLD_RULES)
     parser.add_argument(

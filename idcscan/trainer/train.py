@@ -295,7 +295,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         epochs = progress.add_task(
             f"{args.arch} epochs", total=args.epochs, completed=state["epoch"], status=""
         )
-        while state["epoch"] < args.epochs and state["stale"] < args.patience:
+        while state["epoch"] < args.epochs and not (0 < args.patience <= state["stale"]):
             epoch = state["epoch"]
             task = progress.add_task(f"epoch {epoch + 1}", total=len(indices), status="")
             batches = training_batches(
