@@ -251,12 +251,13 @@ def _prepare_upload(upload: Upload, settings: Settings, store: BlobStore) -> Pre
     mpp = _mpp_field(upload.fields.get("mpp"))
     slide = upload.files["slide"]
     header = probe_slide(slide.path, mpp, settings.max_slide_pixels)
+    # Stored names end in a suffix of what the content is, never one of the client's (L4).
+    keys = {"slide": f"slides/{slide.sha256[:2]}/{slide.sha256}{header.suffix}"}
     labels = upload.files.get("labels")
     if labels is not None:
-        parse_labels(labels.path.read_bytes())  # the worker's parser: refuse now what it would
-    keys = {"slide": f"slides/{slide.sha256[:2]}/{slide.sha256}{slide.path.suffix}"}
-    if labels is not None:
-        keys["labels"] = f"labels/{labels.sha256[:2]}/{labels.sha256}{labels.path.suffix}"
+        with labels.path.open("rb") as handle:  # the worker's parser: refuse now what it would
+            truth = parse_labels(handle)
+        keys["labels"] = f"labels/{labels.sha256[:2]}/{labels.sha256}{truth.suffix}"
     created = [key for name, key in keys.items() if store.store(upload.files[name].path, key)]
     return Prepared(
         slide_uri=store.uri(keys["slide"]),

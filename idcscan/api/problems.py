@@ -17,6 +17,7 @@ TYPE_PREFIX = "urn:idcscan:problem:"
 STATUS_BY_CODE = {
     "upload-too-large": 413,
     "unsupported-format": 415,
+    "unsupported-slide-format": 415,
 }
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import re
 import secrets
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO
 
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -29,7 +28,6 @@ MAX_FIELD_BYTES = 1024
 MAX_LABELS_BYTES = 64 * 1024**2
 FILE_FIELDS = ("slide", "labels")
 TEXT_FIELDS = ("mpp", "model_id")
-SUFFIX = re.compile(r"\.[a-z0-9]{1,8}")
 
 
 @dataclass
@@ -52,12 +50,16 @@ class Upload:
 
 
 class _Sink:
-    """Writes one file part to a staged file, hashing it and enforcing its size limit."""
+    """Writes one file part to a staged file, hashing it and enforcing its size limit.
 
-    def __init__(self, name: str, staging: Path, limit: int, suffix: str) -> None:
+    The staged name has no suffix: the client's file name is never used. What the file is comes
+    from its content (`idcscan.core.slides`), and its stored name from that verdict.
+    """
+
+    def __init__(self, name: str, staging: Path, limit: int) -> None:
         self.name = name
         self.limit = limit
-        self.path = staging / f"upload-{secrets.token_hex(12)}{suffix}"
+        self.path = staging / f"upload-{secrets.token_hex(12)}"
         self.handle: IO[bytes] = open(self.path, "wb")  # noqa: SIM115 (closed in finish)
         self.digest = hashlib.sha256()
         self.size = 0
@@ -102,7 +104,7 @@ def receive_multipart(
                             400, "malformed-upload", f"More than one `{event.name}` part."
                         )
                     limit = max_slide_bytes if event.name == "slide" else MAX_LABELS_BYTES
-                    sink = _Sink(event.name, staging, limit, safe_suffix(event.filename))
+                    sink = _Sink(event.name, staging, limit)
                     text_name = None
                 elif isinstance(event, Field) and event.name in TEXT_FIELDS:
                     sink, text_name, text = None, event.name, bytearray()
@@ -142,13 +144,6 @@ def receive_multipart(
         upload.discard()
         raise Problem(422, "missing-slide", "Send the slide as the multipart part `slide`.")
     return upload
-
-
-def safe_suffix(filename: str | None) -> str:
-    """The file name's extension alone (readers tell a damaged .svs from a flat TIFF by it);
-    the name itself is dropped here and never stored or logged."""
-    suffix = PurePosixPath((filename or "").replace("\\", "/")).suffix.lower()
-    return suffix if SUFFIX.fullmatch(suffix) else ""
 
 
 def _abandon(upload: Upload, sink: _Sink | None) -> None:

@@ -1,9 +1,18 @@
 """Slide readers behind one interface: `open_slide(path_or_uri, mpp=None)` returns a `Slide`.
 
-- OpenSlide for SVS, NDPI, MRXS, SCN, pyramidal (tiled) TIFF and everything else it reads;
+- OpenSlide for SVS, NDPI, SCN, BIF, Philips and generic tiled TIFF, CZI: the vendor formats that
+  are one file. Formats whose file names other files (Hamamatsu VMS/VMU, MIRAX, DICOM) are read
+  only on the command line, for a user's own files (`allow_multi_file`): a client's index could
+  name any file on the host;
 - Pillow for PNG, JPEG and flat TIFF (decoded whole, so they have a lower size limit);
 - a folder or zip in the dataset's patch layout (`<patient>/<0|1>/*.png`), read as one slide with
   the patches placed at their X/Y and their labels carried as ground truth.
+
+A file is identified by its content, never by its name. Opening a slide reads headers only and
+checks every limit there (pixels, a pyramid level small enough to read whole, archive bytes); its
+pixels are decoded on the first `read_region`, so the API can judge an upload without decoding
+it. Errors are `InvalidInput` with fixed, cause-specific text: never a library's message, a path
+or a name from inside the upload.
 
 Every reader returns RGB uint8 regions on a white background and knows its pixel size: the job's
 `mpp` when given, else the slide's metadata; with neither it is a clear `InvalidInput`.
@@ -15,12 +24,14 @@ import io
 import math
 import shutil
 import stat
+import struct
 import tempfile
 import warnings
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
@@ -34,17 +45,73 @@ from idcscan.core.patches import parse_patch_name
 from idcscan.core.storage import as_local_file, is_local, local_path
 from idcscan.core.tiles import BACKGROUND_VALUE, DATASET_MPP
 
-# Flat images are decoded whole: 256 Mpx is 768 MB of RGB. Bigger slides must be pyramidal.
-FLAT_IMAGE_MAX_PIXELS = 256 * 1024 * 1024
+# Flat images are decoded whole: 64 Mpx is 192 MB of RGB (and below Pillow's own bomb guard, so
+# our limit, with our message, is the one that speaks). Bigger slides must be pyramidal.
+FLAT_IMAGE_MAX_PIXELS = 64 * 1024 * 1024
+# The flat formats Pillow may identify; its other plugins (EPS through Ghostscript, PSD, ...) are
+# never offered a client's file.
+FLAT_FORMATS = ("PNG", "JPEG", "TIFF")
+# Every slide needs a level no larger than this, which the tissue mask can read whole: a slide
+# declaring 200000 x 200000 px in 1.2 MB (absent tiles) with no pyramid held a worker for hours.
+OVERVIEW_MAX_PIXELS = FLAT_IMAGE_MAX_PIXELS
 # A recorded resolution outside this range is a default (72 dpi...), not a microscope's.
 PLAUSIBLE_MPP = (0.05, 50.0)
-# Vendor formats only OpenSlide reads; such a file that OpenSlide rejects is damaged.
+# Vendor formats only OpenSlide reads; such a file that OpenSlide rejects is damaged. Judged by
+# the file's own name, which for a stored upload is the suffix idcscan gave it (`storage_suffix`).
 WHOLE_SLIDE_SUFFIXES = frozenset(
-    {".svs", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".svslide"}
+    {".svs", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".svslide", ".czi"}
 )
-# Zip members in total may not inflate beyond this (a zip bomb guard; the dataset's largest
-# patient is a few MB).
-MAX_ARCHIVE_BYTES = 2 * 1024**3
+# OpenSlide vendors that read nothing but the file they are given. Not here: "mirax" (an index
+# and a folder of data files), "dicom" (a series found by scanning the file's folder), "sakura"
+# (an SQLite database: SQLite would run the schema a client wrote), "synthetic" (a test slide).
+# "hamamatsu" is both NDPI, a TIFF, and VMS/VMU, text indexes naming JPEG files: TIFFs only.
+SINGLE_FILE_VENDORS = frozenset(
+    {"aperio", "generic-tiff", "hamamatsu", "leica", "philips", "trestle", "ventana", "zeiss"}
+)
+# The suffix a stored slide gets, from its detected format: never a character of the client's.
+STORAGE_SUFFIX = {
+    "aperio": ".svs",
+    "generic-tiff": ".tiff",
+    "hamamatsu": ".ndpi",
+    "leica": ".scn",
+    "philips": ".tiff",
+    "trestle": ".tif",
+    "ventana": ".bif",
+    "zeiss": ".czi",
+    "png": ".png",
+    "jpeg": ".jpg",
+    "tiff": ".tiff",
+    "patch-layout": ".zip",
+}
+# Patch-layout zips, read against budgets of bytes really inflated (a dataset patch is a 50 x 50
+# px PNG of a few kB, a patient a few thousand of them): zip bombs and zips that lie about their
+# sizes cost at most these.
+MAX_PATCH_BYTES = 1024**2
+MAX_ARCHIVE_BYTES = 512 * 1024**2
+# The zip's central directory is parsed into Python objects whole; 4 MB is some 40,000 members.
+MAX_ARCHIVE_DIRECTORY_BYTES = 4 * 1024**2
+INFLATE_CHUNK = 64 * 1024
+# Enough of a PNG to read its header (the signature and IHDR are its first 33 bytes).
+PNG_HEADER_BYTES = 64 * 1024
+
+NOT_A_SLIDE = (
+    "Not a slide or image idcscan reads (single-file OpenSlide formats, PNG, JPEG, TIFF, "
+    "or a patch folder/zip)."
+)
+MULTI_FILE = (
+    "This slide format names other files (Hamamatsu VMS/VMU, MIRAX, DICOM) or is a database "
+    "(Sakura); send a single-file slide: SVS, NDPI, SCN, BIF, Philips or tiled TIFF, CZI."
+)
+DAMAGED_SLIDE = "The slide file is corrupt or truncated."
+ARCHIVE_TOO_LARGE = (
+    f"The archive inflates beyond its budget ({MAX_PATCH_BYTES} bytes per patch, "
+    f"{MAX_ARCHIVE_BYTES} in all, a directory of {MAX_ARCHIVE_DIRECTORY_BYTES} bytes)."
+)
+
+
+def storage_suffix(slide_format: str) -> str:
+    """The suffix a slide of `slide_format` (as `Slide.format` names it) is stored under."""
+    return STORAGE_SUFFIX.get(slide_format, "")
 
 
 class Slide(ABC):
@@ -101,7 +168,7 @@ def _resolve_mpp(given: float | None, recorded: float | None, what: str) -> floa
     if given is not None:
         if not (given > 0 and math.isfinite(given)):
             raise InvalidInput(
-                f"pixel size must be a positive number of um/px, got {given}", "bad-pixel-size"
+                "The pixel size must be a positive number of um/px.", "bad-pixel-size"
             )
         return float(given)
     if recorded is None:
@@ -118,6 +185,18 @@ def _check_size(width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidInput(
             f"the slide is {width} x {height} px, beyond the limit of {max_pixels} pixels",
+            "slide-too-large",
+        )
+
+
+def _check_pyramid(level_dimensions: Sequence[tuple[int, int]]) -> None:
+    """Some level must be small enough to read whole: the tissue mask's overview."""
+    smallest = min(w * h for w, h in level_dimensions)
+    if smallest > OVERVIEW_MAX_PIXELS:
+        width, height = level_dimensions[0]
+        raise InvalidInput(
+            f"the slide is {width} x {height} px with no pyramid level of at most "
+            f"{OVERVIEW_MAX_PIXELS} pixels; a slide this large must be pyramidal",
             "slide-too-large",
         )
 
@@ -144,27 +223,32 @@ def _crop_padded(image: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarra
 
 
 class OpenSlideSlide(Slide):
-    def __init__(self, path: Path, mpp: float | None, max_pixels: int) -> None:
+    def __init__(self, path: Path, vendor: str, mpp: float | None, max_pixels: int) -> None:
         import openslide
 
+        self.format = vendor
         try:
             self._osr = openslide.OpenSlide(str(path))
-        except openslide.OpenSlideError as exc:
-            raise InvalidInput(
-                f"the slide file is corrupt or truncated: {exc}", "truncated-slide"
-            ) from exc
-        self._error = openslide.OpenSlideError
-        self.format = str(openslide.OpenSlide.detect_format(str(path)))
-        self.level_dimensions = tuple(self._osr.level_dimensions)
-        self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
-        _check_size(*self.dimensions, max_pixels)
-        props = self._osr.properties
-        recorded = None
-        if openslide.PROPERTY_NAME_MPP_X in props and openslide.PROPERTY_NAME_MPP_Y in props:
-            mpp_x = float(props[openslide.PROPERTY_NAME_MPP_X])
-            mpp_y = float(props[openslide.PROPERTY_NAME_MPP_Y])
-            recorded = _plausible_mpp(math.sqrt(mpp_x * mpp_y))
-        self.mpp = _resolve_mpp(mpp, recorded, f"{self.format} slide")
+        except openslide.OpenSlideError as exc:  # its message names the path: never passed on
+            raise InvalidInput(DAMAGED_SLIDE, "truncated-slide") from exc
+        try:
+            self._error = openslide.OpenSlideError
+            self.level_dimensions = tuple(self._osr.level_dimensions)
+            self.level_downsamples = tuple(float(d) for d in self._osr.level_downsamples)
+            _check_size(*self.dimensions, max_pixels)
+            _check_pyramid(self.level_dimensions)
+            props = self._osr.properties
+            recorded = None
+            try:
+                mpp_x = float(props[openslide.PROPERTY_NAME_MPP_X])
+                mpp_y = float(props[openslide.PROPERTY_NAME_MPP_Y])
+                recorded = _plausible_mpp(math.sqrt(mpp_x * mpp_y))
+            except (KeyError, ValueError):  # absent, or not a number (a vendor tag is free text)
+                recorded = None
+            self.mpp = _resolve_mpp(mpp, recorded, f"{self.format} slide")
+        except BaseException:
+            self._osr.close()
+            raise
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -172,9 +256,7 @@ class OpenSlideSlide(Slide):
         try:
             region = self._osr.read_region(location, level, size)
         except self._error as exc:
-            raise InvalidInput(
-                f"the slide could not be decoded (corrupt or truncated): {exc}", "truncated-slide"
-            ) from exc
+            raise InvalidInput(DAMAGED_SLIDE, "truncated-slide") from exc
         if region.getchannel("A").getextrema()[0] == 255:  # opaque: drop alpha in C
             return np.asarray(region.convert("RGB"))
         return _on_white(np.asarray(region))
@@ -185,84 +267,161 @@ class OpenSlideSlide(Slide):
 
 def _pillow_mpp(image: Image.Image) -> float | None:
     """Pixel size from TIFF resolution tags or a PNG/JPEG density, if plausible for a microscope."""
-    tags = getattr(image, "tag_v2", None)
-    if tags is not None and 282 in tags:  # XResolution
-        unit = tags.get(296, 2)  # ResolutionUnit: 2 inch, 3 centimetre
-        per_unit = float(tags[282])
-        um_per_unit = {2: 25_400.0, 3: 10_000.0}.get(int(unit))
-        if um_per_unit and per_unit > 0:
-            return _plausible_mpp(um_per_unit / per_unit)
-        return None
-    dpi = image.info.get("dpi")
-    if dpi and float(dpi[0]) > 0:
-        return _plausible_mpp(25_400.0 / float(dpi[0]))
+    try:
+        tags = getattr(image, "tag_v2", None)
+        if tags is not None and 282 in tags:  # XResolution
+            unit = tags.get(296, 2)  # ResolutionUnit: 2 inch, 3 centimetre
+            per_unit = float(tags[282])
+            um_per_unit = {2: 25_400.0, 3: 10_000.0}.get(int(unit))
+            if um_per_unit and per_unit > 0:
+                return _plausible_mpp(um_per_unit / per_unit)
+            return None
+        dpi = image.info.get("dpi")
+        if dpi and float(dpi[0]) > 0:
+            return _plausible_mpp(25_400.0 / float(dpi[0]))
+    except (TypeError, ValueError, IndexError, ZeroDivisionError, OverflowError):
+        return None  # a tag of the wrong type or shape: no pixel size recorded
     return None
 
 
+# What Pillow raises on a damaged file: its documented errors, and what its plugins raise on
+# fields of the wrong shape (found by fuzzing). Each means a corrupt or truncated upload.
+PILLOW_DAMAGE = (
+    OSError,
+    EOFError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    ZeroDivisionError,
+    OverflowError,
+    struct.error,
+    UserWarning,
+)
+
+
+@contextmanager
+def _pillow_verdicts() -> Iterator[None]:
+    """Pillow's failures as `InvalidInput`: unidentified, a decompression bomb, damaged."""
+    # Pillow reports damage (a truncated TIFF directory, corrupt EXIF) as warnings: errors here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # Our own limit is checked on the header and is lower; Pillow's warning adds nothing.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            yield
+        except UnidentifiedImageError as exc:
+            raise InvalidInput(NOT_A_SLIDE, "unsupported-format") from exc
+        except Image.DecompressionBombError as exc:
+            raise InvalidInput(
+                f"the image declares more pixels than the limit of {FLAT_IMAGE_MAX_PIXELS} for "
+                "flat images; a slide this large must be pyramidal",
+                "slide-too-large",
+            ) from exc
+        except PILLOW_DAMAGE as exc:
+            raise InvalidInput("The image is corrupt or truncated.", "truncated-slide") from exc
+
+
 class ImageSlide(Slide):
-    """A flat image decoded whole with Pillow: one level."""
+    """A flat image read with Pillow: one level. Opening reads the header; the pixels are
+    decoded whole on the first `read_region`."""
 
     def __init__(self, path: Path, mpp: float | None, max_pixels: int) -> None:
-        # Pillow reports damage (a truncated TIFF directory, corrupt EXIF) as warnings: errors here.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            # The size is checked against our own limit first; Pillow's bomb warning is redundant.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                image = Image.open(path)
-            except UnidentifiedImageError as exc:
-                raise InvalidInput(
-                    "not a slide or image idcscan reads (OpenSlide formats, PNG, JPEG, TIFF, "
-                    "or a patch folder/zip)",
-                    "unsupported-format",
-                ) from exc
-            except (OSError, SyntaxError, ValueError, UserWarning) as exc:
-                raise InvalidInput(
-                    f"the image is corrupt or truncated: {exc}", "truncated-slide"
-                ) from exc
-            with image:
-                self.format = str(image.format).lower()
-                _check_size(image.width, image.height, min(max_pixels, FLAT_IMAGE_MAX_PIXELS))
-                recorded = _pillow_mpp(image)
-                # Decode before judging the metadata: a damaged file is reported as damaged.
-                try:
-                    self._pixels = np.asarray(image.convert("RGB"))
-                except (OSError, SyntaxError, ValueError, UserWarning) as exc:
-                    raise InvalidInput(
-                        f"the image could not be decoded (corrupt or truncated): {exc}",
-                        "truncated-slide",
-                    ) from exc
-                self.mpp = _resolve_mpp(mpp, recorded, f"{self.format} image")
-        h, w = self._pixels.shape[:2]
-        self.level_dimensions = ((w, h),)
+        self._path = path
+        self._pixels: np.ndarray | None = None
+        with _pillow_verdicts(), Image.open(path, formats=FLAT_FORMATS) as image:
+            self.format = str(image.format).lower()
+            _check_size(image.width, image.height, min(max_pixels, FLAT_IMAGE_MAX_PIXELS))
+            recorded = _pillow_mpp(image)
+            self.level_dimensions = ((image.width, image.height),)
         self.level_downsamples = (1.0,)
+        self.mpp = _resolve_mpp(mpp, recorded, f"{self.format} image")
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            with _pillow_verdicts(), Image.open(self._path, formats=FLAT_FORMATS) as image:
+                if (image.width, image.height) != self.dimensions:  # replaced since opened
+                    raise InvalidInput("The image changed while it was read.", "truncated-slide")
+                image.load()
+                rgb = image if image.mode == "RGB" else image.convert("RGB")
+                self._pixels = np.asarray(rgb)
+        return self._pixels
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
         if level != 0:
             raise ValueError("a flat image has only level 0")
-        return _crop_padded(self._pixels, location[0], location[1], size[0], size[1])
+        return _crop_padded(self.pixels, location[0], location[1], size[0], size[1])
 
 
 def _safe_member(name: str) -> PurePosixPath:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or ".." in path.parts or (path.parts and ":" in path.parts[0]):
-        raise InvalidInput(
-            f"the archive holds a path outside its folder: {name!r}", "unsafe-archive"
-        )
+        raise InvalidInput("The archive holds a path outside its folder.", "unsafe-archive")
     return path
 
 
 # What a damaged file or archive raises while it is read: each means a truncated or corrupt upload.
-DAMAGED = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+DAMAGED = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+
+_END_OF_DIRECTORY = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+
+
+def _archive_directory_size(path: Path) -> int:
+    """The central directory's size from the zip's end record, found the way `zipfile` finds
+    it, before `zipfile` reads the directory whole. ZIP64 archives are refused: a patient's
+    patches never need one."""
+    with open(path, "rb") as handle:
+        handle.seek(0, io.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - (22 + 65_535)))
+        tail = handle.read()
+    if tail[-22:-18] == _END_OF_DIRECTORY and tail[-2:] == b"\x00\x00":
+        at = len(tail) - 22
+    else:
+        at = tail.rfind(_END_OF_DIRECTORY)
+        if at < 0 or len(tail) - at < 22:
+            raise InvalidInput("The archive is damaged.", "truncated-slide")
+    entries, directory_bytes = struct.unpack_from("<HI", tail, at + 10)
+    zip64 = at >= 20 and tail[at - 20 : at - 16] == _ZIP64_LOCATOR
+    if zip64 or entries == 0xFFFF or directory_bytes == 0xFFFFFFFF:
+        raise InvalidInput(ARCHIVE_TOO_LARGE, "archive-too-large")
+    return int(directory_bytes)
+
+
+class _InflateBudget:
+    """Bytes really inflated while reading an archive, against the per-patch and total budgets
+    (never the sizes the archive claims: a member claiming 100 bytes may inflate to gigabytes)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def read(self, handle: Any, keep: int | None = None) -> bytes:
+        """Read `handle` to its end in chunks, counting; returns its first `keep` bytes (all
+        when None). Reading to the end is what checks a zip member's CRC."""
+        kept = bytearray()
+        size = 0
+        while chunk := handle.read(INFLATE_CHUNK):
+            size += len(chunk)
+            self.total += len(chunk)
+            if size > MAX_PATCH_BYTES or self.total > MAX_ARCHIVE_BYTES:
+                raise InvalidInput(ARCHIVE_TOO_LARGE, "archive-too-large")
+            room = len(chunk) if keep is None else keep - len(kept)
+            if room > 0:
+                kept += chunk[:room]
+        return bytes(kept)
 
 
 class PatchSlide(Slide):
     """The dataset's patch layout (a patient folder or a zip of one) read as one slide.
 
-    The canvas is assembled on first read; its size is bounded by the patches' coordinates and
-    checked against the flat-image limit before any pixel is decoded.
+    Opening reads every patch through to its end against the inflation budgets (which checks
+    each zip member's CRC) but keeps only its PNG header; the canvas is assembled on first read,
+    its size bounded by the patches' coordinates and checked against the flat-image limit first.
     """
 
     format = "patch-layout"
@@ -275,30 +434,35 @@ class PatchSlide(Slide):
             self.close()
             raise
 
+    def _open_archive(self, source: Path) -> list[str]:
+        if _archive_directory_size(source) > MAX_ARCHIVE_DIRECTORY_BYTES:
+            raise InvalidInput(ARCHIVE_TOO_LARGE, "archive-too-large")
+        try:
+            self._zip = zipfile.ZipFile(source)
+        except (*DAMAGED, ValueError, struct.error) as exc:
+            raise InvalidInput("The archive is damaged.", "truncated-slide") from exc
+        claimed = 0
+        names = []
+        for info in self._zip.infolist():
+            _safe_member(info.filename)
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise InvalidInput("The archive holds a link.", "unsafe-archive")
+            if info.filename.lower().endswith(".png"):
+                # The claims can only refuse early; reading counts what really inflates.
+                claimed += info.file_size
+                if info.file_size > MAX_PATCH_BYTES or claimed > MAX_ARCHIVE_BYTES:
+                    raise InvalidInput(ARCHIVE_TOO_LARGE, "archive-too-large")
+                names.append(info.filename)
+        return names
+
     def _index(self, source: Path, mpp: float | None, max_pixels: int) -> None:
         entries: list[tuple[str, LabelledRect]] = []
+        self._root: Path | None = None
         if source.is_dir():
             names = [str(p.relative_to(source).as_posix()) for p in sorted(source.rglob("*.png"))]
-            self._root: Path | None = source
+            self._root = source
         else:
-            try:
-                self._zip = zipfile.ZipFile(source)
-            except DAMAGED as exc:
-                raise InvalidInput(f"the archive is damaged: {exc}", "truncated-slide") from exc
-            self._root = None
-            total = 0
-            names = []
-            for info in self._zip.infolist():
-                _safe_member(info.filename)
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise InvalidInput(
-                        f"the archive holds a link: {info.filename!r}", "unsafe-archive"
-                    )
-                total += info.file_size
-                if info.filename.lower().endswith(".png"):
-                    names.append(info.filename)
-            if total > MAX_ARCHIVE_BYTES:
-                raise InvalidInput("the archive inflates beyond its size limit", "slide-too-large")
+            names = self._open_archive(source)
         patients = set()
         for name in sorted(names):
             parts = PurePosixPath(name).parts
@@ -307,13 +471,15 @@ class PatchSlide(Slide):
             try:
                 patch = parse_patch_name(name)
             except ValueError as exc:
-                raise InvalidInput(str(exc), "unsupported-format") from exc
-            if str(patch.label) != parts[-2]:
                 raise InvalidInput(
-                    f"{parts[-1]} lies in {parts[-2]}/ but is labelled {patch.label}"
-                )
+                    "A patch is not named as in the dataset "
+                    "(<patient>_idx5_x<X>_y<Y>_class<0|1>.png).",
+                    "unsupported-format",
+                ) from exc
+            if str(patch.label) != parts[-2]:
+                raise InvalidInput("A patch lies in a class folder its name contradicts.")
             patients.add(patch.patient)
-            # The size is read from the PNG header below, when the canvas is built.
+            # The size is read from the PNG header below.
             entries.append((name, LabelledRect(patch.x, patch.y, 0, 0, patch.label)))
         if not entries:
             raise InvalidInput(
@@ -322,7 +488,8 @@ class PatchSlide(Slide):
             )
         if len(patients) > 1:
             raise InvalidInput(f"patches of {len(patients)} patients; one slide is one patient")
-        self._entries = [(name, self._sized(name, rect)) for name, rect in entries]
+        budget = _InflateBudget()
+        self._entries = [(name, self._sized(name, rect, budget)) for name, rect in entries]
         self.regions = tuple(rect for _, rect in self._entries)
         width = max(r.x + r.width for r in self.regions)
         height = max(r.y + r.height for r in self.regions)
@@ -332,21 +499,21 @@ class PatchSlide(Slide):
         self.level_downsamples = (1.0,)
         self._canvas: np.ndarray | None = None
 
-    def _open_member(self, name: str) -> Image.Image:
-        if self._zip is not None:
-            # Patches are a few kB: read whole (which checks the CRC), so no member stays open.
-            return Image.open(io.BytesIO(self._zip.read(name)))
-        assert self._root is not None
-        return Image.open(self._root / name)
-
-    def _sized(self, name: str, rect: LabelledRect) -> LabelledRect:
+    def _member_bytes(self, name: str, budget: _InflateBudget, keep: int | None = None) -> bytes:
         try:
-            with self._open_member(name) as image:
-                w, h = image.size
-        except UnidentifiedImageError as exc:
-            raise InvalidInput(f"patch {name!r} is not a PNG: {exc}", "unsupported-format") from exc
+            if self._zip is not None:
+                with self._zip.open(name) as member:
+                    return budget.read(member, keep)
+            assert self._root is not None
+            with open(self._root / name, "rb") as handle:
+                return budget.read(handle, keep)
         except DAMAGED as exc:
-            raise InvalidInput(f"patch {name!r} is damaged: {exc}", "truncated-slide") from exc
+            raise InvalidInput("A patch in the archive is damaged.", "truncated-slide") from exc
+
+    def _sized(self, name: str, rect: LabelledRect, budget: _InflateBudget) -> LabelledRect:
+        header = self._member_bytes(name, budget, keep=PNG_HEADER_BYTES)
+        with _pillow_verdicts(), Image.open(io.BytesIO(header), formats=("PNG",)) as image:
+            w, h = image.size
         return LabelledRect(rect.x, rect.y, w, h, rect.label)
 
     @property
@@ -354,16 +521,15 @@ class PatchSlide(Slide):
         if self._canvas is None:
             width, height = self.dimensions
             canvas = np.full((height, width, 3), BACKGROUND_VALUE, dtype=np.uint8)
+            budget = _InflateBudget()
             for name, rect in self._entries:
-                try:
-                    with self._open_member(name) as image:
-                        canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = (
-                            np.asarray(image.convert("RGB"))
-                        )
-                except DAMAGED as exc:
-                    raise InvalidInput(
-                        f"patch {name!r} could not be decoded: {exc}", "truncated-slide"
-                    ) from exc
+                data = self._member_bytes(name, budget)
+                with _pillow_verdicts(), Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+                    if image.size != (rect.width, rect.height):
+                        raise InvalidInput("A patch changed while it was read.", "truncated-slide")
+                    canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = (
+                        np.asarray(image.convert("RGB"))
+                    )
             self._canvas = canvas
         return self._canvas
 
@@ -401,47 +567,78 @@ class _DownloadedSlide(Slide):
         shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 
-def _is_tiff(path: Path) -> bool:
+def _magic(path: Path) -> bytes:
     with open(path, "rb") as handle:
-        return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+        return handle.read(4)
 
 
-def _open_local(path: Path, mpp: float | None, max_pixels: int) -> Slide:
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# A zip starts with a member's local header (or, empty, with its end record).
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _vendor(path: Path) -> str | None:
+    """OpenSlide's vendor for the file, from its content. Detection reads the file alone (a VMS
+    index is parsed, the files it names are not opened)."""
     import openslide
 
-    if not path.exists():
-        raise FileNotFoundError(f"no such slide: {path}")
-    if path.is_dir() or zipfile.is_zipfile(path):
-        return PatchSlide(path, mpp, max_pixels)
     try:
         vendor = openslide.OpenSlide.detect_format(str(path))
     except openslide.OpenSlideError:
-        vendor = None
+        return None
+    return None if vendor is None else str(vendor)
+
+
+def _open_local(path: Path, mpp: float | None, max_pixels: int, allow_multi_file: bool) -> Slide:
+    if not path.exists():
+        raise FileNotFoundError(f"no such slide: {path}")
+    if path.is_dir():
+        return PatchSlide(path, mpp, max_pixels)
+    magic = _magic(path)
+    if magic in ZIP_MAGIC:
+        return PatchSlide(path, mpp, max_pixels)
+    vendor = _vendor(path)
     if vendor is not None:
-        return OpenSlideSlide(path, mpp, max_pixels)
-    if path.suffix.lower() in WHOLE_SLIDE_SUFFIXES and _is_tiff(path):
+        one_file = vendor in SINGLE_FILE_VENDORS and (vendor != "hamamatsu" or magic in TIFF_MAGIC)
+        if not (one_file or allow_multi_file):
+            raise InvalidInput(MULTI_FILE, "unsupported-slide-format")
+        return OpenSlideSlide(path, vendor, mpp, max_pixels)
+    if magic in TIFF_MAGIC and path.suffix.lower() in WHOLE_SLIDE_SUFFIXES:
         # A vendor file OpenSlide cannot parse is damaged; Pillow might still decode a fragment
         # of it as a flat TIFF, which would score a partial slide as if it were whole.
-        raise InvalidInput(
-            f"the {path.suffix.lower()} file is not a readable slide (corrupt or truncated)",
-            "truncated-slide",
-        )
-    return ImageSlide(path, mpp, max_pixels)
+        raise InvalidInput(DAMAGED_SLIDE, "truncated-slide")
+    try:
+        return ImageSlide(path, mpp, max_pixels)
+    except InvalidInput as exc:
+        if magic in TIFF_MAGIC and exc.code == "unsupported-format":
+            # A TIFF header that neither OpenSlide nor Pillow can follow: a cut-off slide (an
+            # SVS keeps its directories at the end).
+            raise InvalidInput(DAMAGED_SLIDE, "truncated-slide") from exc
+        raise
 
 
 def open_slide(
-    path_or_uri: str | Path, mpp: float | None = None, max_pixels: int = 250_000 * 250_000
+    path_or_uri: str | Path,
+    mpp: float | None = None,
+    max_pixels: int = 250_000 * 250_000,
+    *,
+    allow_multi_file: bool = False,
 ) -> Slide:
-    """Open a slide by path or fsspec URI; `mpp` (um/px) overrides the slide's recorded pixel size."""
+    """Open a slide by path or fsspec URI; `mpp` (um/px) overrides the slide's recorded pixel size.
+
+    `allow_multi_file` admits vendor formats whose file names other files (VMS/VMU, MIRAX,
+    DICOM): only for a user's own local files on the command line, never for a file a client
+    sent or named, and never for a remote URI (only the named file is downloaded).
+    """
     uri = str(path_or_uri)
     if is_local(uri):
-        return _open_local(local_path(uri), mpp, max_pixels)
+        return _open_local(local_path(uri), mpp, max_pixels, allow_multi_file)
     tmpdir = tempfile.mkdtemp(prefix="idcscan-slide-")
     try:
         target = Path(tmpdir) / PurePosixPath(uri).name
         with as_local_file(uri) as downloaded:
             shutil.move(str(downloaded), target)
-        return _DownloadedSlide(_open_local(target, mpp, max_pixels), tmpdir)
+        return _DownloadedSlide(_open_local(target, mpp, max_pixels, False), tmpdir)
     except BaseException:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
@@ -464,4 +661,5 @@ __all__: Sequence[str] = [
     "Slide",
     "describe",
     "open_slide",
+    "storage_suffix",
 ]

@@ -88,9 +88,12 @@ def _score(args: argparse.Namespace) -> int:
     truth = None
     if args.labels:
         with open_uri(args.labels) as handle:
-            truth = parse_labels(handle.read())
+            truth = parse_labels(handle)
     started = time.perf_counter()
-    with open_slide(args.slide, mpp=args.mpp, max_pixels=settings.max_slide_pixels) as slide:
+    # The user's own files: formats whose file names others (VMS, MIRAX) are read here only.
+    with open_slide(
+        args.slide, mpp=args.mpp, max_pixels=settings.max_slide_pixels, allow_multi_file=True
+    ) as slide:
         score = score_slide(slide, model, batch_size=settings.batch_size, truth=truth)
     files = outputs.render(score)
     elapsed = time.perf_counter() - started

@@ -264,7 +264,7 @@ class JobRunner:
         if claim.labels_uri:
             try:
                 with open_uri(claim.labels_uri) as handle:
-                    truth = parse_labels(handle.read())
+                    truth = parse_labels(handle)
             except FileNotFoundError as exc:
                 raise InvalidInput("the job's labels file is missing", "missing-labels") from exc
         try:

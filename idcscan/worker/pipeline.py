@@ -25,6 +25,8 @@ from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.slides import Slide
 from idcscan.core.tiles import to_model_input
 from idcscan.worker.tiling import (
+    Cancelled,
+    StopCheck,
     TileBlock,
     TilePlan,
     TissueMap,
@@ -39,10 +41,6 @@ log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 3
 
 
-class Cancelled(Exception):
-    """The job was cancelled (or its lease lost) between two batches."""
-
-
 @dataclass
 class Batch:
     rows: np.ndarray
@@ -50,7 +48,13 @@ class Batch:
     model_input: np.ndarray
 
 
-def _batches(slide: Slide, plan: TilePlan, tissue: np.ndarray, batch_size: int) -> Iterator[Batch]:
+def _batches(
+    slide: Slide,
+    plan: TilePlan,
+    tissue: np.ndarray,
+    batch_size: int,
+    should_stop: StopCheck | None = None,
+) -> Iterator[Batch]:
     """Full batches of preprocessed tiles (the last one partial), assembled across blocks."""
     pending: list[TileBlock] = []
     count = 0
@@ -68,7 +72,7 @@ def _batches(slide: Slide, plan: TilePlan, tissue: np.ndarray, batch_size: int) 
         count = len(rest)
         return batch
 
-    for block in iter_tile_blocks(slide, plan, tissue):
+    for block in iter_tile_blocks(slide, plan, tissue, should_stop):
         pending.append(block)
         count += len(block.rows)
         while count >= batch_size:
@@ -212,12 +216,12 @@ def score_slide(
     batch_size: int = 256,
     truth: GroundTruth | None = None,
     on_progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: StopCheck | None = None,
 ) -> SlideScore:
     """Score every tissue tile of `slide` with `model`; `on_progress(done, total)` after each batch."""
     started = time.perf_counter()
     plan = plan_tiling(slide, model.spec)
-    tissue = find_tissue(slide, plan)
+    tissue = find_tissue(slide, plan, should_stop)
     total = int(tissue.tissue.sum())
     masked = time.perf_counter()
     if on_progress:
@@ -227,7 +231,8 @@ def score_slide(
     probability = np.empty(total, dtype=np.float32)
     done = 0
     inference = 0.0
-    for batch in prefetch(_batches(slide, plan, tissue.tissue, batch_size), PREFETCH_BATCHES):
+    batches = _batches(slide, plan, tissue.tissue, batch_size, should_stop)
+    for batch in prefetch(batches, PREFETCH_BATCHES):
         if should_stop and should_stop():
             raise Cancelled()
         t0 = time.perf_counter()

@@ -5,12 +5,13 @@ least as fine) and lays a tile grid over the slide in level-0 pixels. `find_tiss
 low-resolution level in blocks and keeps the tiles with enough non-background pixels, as the
 dataset did (it never cut background into patches). `iter_tile_blocks` reads large regions,
 resamples them to the model's scale and cuts the tiles with numpy: no per-tile Python on the path.
+Both loops ask `should_stop` before each block, so a cancelled job stops within one region read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,21 @@ BLACK_BELOW = 25
 TISSUE_MIN_FRACTION = 0.05
 # Longest side of the thumbnail kept for the heatmap.
 THUMBNAIL_PX = 1600
+# The tissue mask reads the whole grid at one level: at most this many pixels. Where the level
+# nearest the mask's scale is larger (a pyramid with a gap), a coarser level is read instead.
+MASK_MAX_READ_PIXELS = 256 * 1024 * 1024
+
+
+class Cancelled(Exception):
+    """The job was cancelled (or its lease lost) between two blocks or batches."""
+
+
+StopCheck = Callable[[], bool]
+
+
+def _check(should_stop: StopCheck | None) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled()
 
 
 @dataclass(frozen=True)
@@ -165,11 +181,30 @@ class TissueMap:
     level: int
 
 
-def find_tissue(slide: Slide, plan: TilePlan) -> TissueMap:
+def _mask_level(slide: Slide, grid: GridGeometry, mask_mpp: float) -> int:
+    """The level nearest above the mask's scale, or the finest coarser one whose read of the whole
+    grid fits `MASK_MAX_READ_PIXELS` (the reader guarantees a level that small exists)."""
+    width, height = grid.cols * grid.stride0 + grid.tile0, grid.rows * grid.stride0 + grid.tile0
+
+    def read_pixels(level: int) -> float:
+        return width * height / slide.level_downsamples[level] ** 2
+
+    level = _level_for(slide, mask_mpp)
+    if read_pixels(level) <= MASK_MAX_READ_PIXELS:
+        return level
+    fitting = [n for n in range(slide.level_count) if read_pixels(n) <= MASK_MAX_READ_PIXELS]
+    if not fitting:
+        raise InvalidInput(
+            "the slide has no pyramid level small enough to find its tissue", "slide-too-large"
+        )
+    return min(fitting, key=lambda n: slide.level_downsamples[n])
+
+
+def find_tissue(slide: Slide, plan: TilePlan, should_stop: StopCheck | None = None) -> TissueMap:
     grid = plan.grid
     k = MASK_PX_PER_STEP
     mask_mpp = grid.stride0 * slide.mpp / k
-    level = _level_for(slide, mask_mpp)
+    level = _mask_level(slide, grid, mask_mpp)
     downsample = slide.level_downsamples[level]
     block = max(1, int(REGION_PX // max(grid.stride0 / downsample, 1.0)))
     tile_k = max(1, round(grid.tile0 / grid.stride0 * k))
@@ -181,6 +216,7 @@ def find_tissue(slide: Slide, plan: TilePlan) -> TissueMap:
         "white",
     )
     for r0, c0, nr, nc in _blocks(grid.rows, grid.cols, block):
+        _check(should_stop)
         out_w, out_h = (nc - 1) * k + tile_k, (nr - 1) * k + tile_k
         pixels = read_resampled(slide, level, *_block_box(grid, r0, c0, nr, nc), out_w, out_h)
         fraction[r0 : r0 + nr, c0 : c0 + nc] = _window_means(
@@ -218,13 +254,16 @@ class TileBlock:
     """uint8 (n, tile, tile, 3), contiguous."""
 
 
-def iter_tile_blocks(slide: Slide, plan: TilePlan, tissue: np.ndarray) -> Iterator[TileBlock]:
+def iter_tile_blocks(
+    slide: Slide, plan: TilePlan, tissue: np.ndarray, should_stop: StopCheck | None = None
+) -> Iterator[TileBlock]:
     """The tissue tiles of each block, read as one region, in row-major block order."""
     grid, spec = plan.grid, plan.spec
     for r0, c0, nr, nc in _blocks(grid.rows, grid.cols, plan.block):
         keep = tissue[r0 : r0 + nr, c0 : c0 + nc]
         if not keep.any():
             continue
+        _check(should_stop)
         # Read only the bounding box of the block's tissue tiles: background costs nothing.
         rows_with, cols_with = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
         r0, c0 = r0 + rows_with[0], c0 + cols_with[0]

@@ -185,3 +185,23 @@ def plain_tiff(path: Path, mpp: float | None = None) -> Path:
     image = np.full((512, 512, 3), 230, np.uint8)
     tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb", **extra)
     return path
+
+
+def refused(
+    service: Service, response: requests.Response, status: int, code: str
+) -> dict[str, Any]:
+    """Assert a refusal as the security issue asks: the exact status and problem type, no job
+    row and no file left, nothing of the machine in the answer, and the service still up."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["type"] == f"urn:idcscan:problem:{code}"
+    assert body["status"] == status
+    assert service.job_count() == 0
+    assert service.stored_files() == []
+    # Nothing of the machine leaks into the answer: no storage path, no library text.
+    assert service.settings.storage not in response.text
+    assert str(service.settings.data_dir) not in response.text
+    assert "/tmp" not in response.text and "0x" not in response.text
+    assert service.get("/healthz").status_code == 200
+    return body

@@ -43,7 +43,8 @@ JobFactory = Callable[..., uuid.UUID]
 
 @pytest.fixture
 def make_job(tiny_model: Path) -> Iterator[Callable[[str], JobFactory]]:
-    """make_job(database_url)(slide_uri, mpp=None, labels_uri=None) -> a committed queued job id."""
+    """make_job(database_url)(slide_uri, mpp=None, labels_uri=None, slide_sha256=None) -> a committed
+    queued job id; an uploaded slide has its SHA-256, a `slide_uri` none."""
     from idcscan.core.db import Client, Job, Model, make_engine, make_sessionmaker, transaction
 
     engines = []
@@ -54,7 +55,10 @@ def make_job(tiny_model: Path) -> Iterator[Callable[[str], JobFactory]]:
         sessions = make_sessionmaker(engine)
 
         def make(
-            slide_uri: str, mpp: float | None = None, labels_uri: str | None = None
+            slide_uri: str,
+            mpp: float | None = None,
+            labels_uri: str | None = None,
+            slide_sha256: str | None = None,
         ) -> uuid.UUID:
             with transaction(sessions) as session:
                 client = session.query(Client).filter_by(name="hospital").one_or_none()
@@ -79,6 +83,7 @@ def make_job(tiny_model: Path) -> Iterator[Callable[[str], JobFactory]]:
                     client_id=client.id,
                     model_id=model.id,
                     slide_uri=slide_uri,
+                    slide_sha256=slide_sha256,
                     mpp=mpp,
                     labels_uri=labels_uri,
                 )
