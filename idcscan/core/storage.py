@@ -71,6 +71,16 @@ class Storage:
         """The absolute URI of `key`, as recorded in the database."""
         return f"{self.root}/{_check_key(key)}"
 
+    def key_of(self, uri: str) -> str | None:
+        """The key of `uri` if it names something in this storage (as `uri(key)` wrote it)."""
+        prefix = f"{self.root}/"
+        if not uri.startswith(prefix):
+            return None
+        try:
+            return _check_key(uri[len(prefix) :])
+        except ValueError:
+            return None
+
     def open(self, key: str, mode: str = "rb") -> IO[Any]:
         path = self._path(key)
         if "w" in mode or "a" in mode:
