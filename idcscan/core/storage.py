@@ -62,7 +62,8 @@ class Storage:
         self.fs, self._root = url_to_fs(root)
         self.root = root
         if is_local(root):
-            Path(self._root).mkdir(parents=True, exist_ok=True)
+            # Private even when created by a process that did not set idcscan's umask.
+            Path(self._root).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _path(self, key: str) -> str:
         return f"{self._root}/{_check_key(key)}"

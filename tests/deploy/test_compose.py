@@ -122,3 +122,11 @@ def test_dockerfile_stages_run_as_non_root() -> None:
     for stage in ("api", "worker-cpu", "worker-gpu", "trainer"):
         body = dockerfile.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
         assert "USER idcscan" in body, f"stage {stage} runs as root"
+
+
+def test_dockerfile_data_folder_is_private() -> None:
+    # A named volume takes the mode of the image's folder: slides and databases stay the
+    # service user's alone (the processes' umask does the same for what they create inside).
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    creations = re.findall(r"install -d [^\n]*/var/lib/idcscan", dockerfile)
+    assert len(creations) == 2 and all("-m 0700" in line for line in creations), creations
