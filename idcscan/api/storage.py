@@ -1,8 +1,10 @@
 """Content-addressed slides and labels on the shared blob storage (`idcscan.core.storage`).
 
-An upload is staged in a local file while it is hashed and probed, then stored under its SHA-256:
-the same slide uploaded twice is stored once. On a local store, staging lives inside the store
-so that storing is an atomic rename, never a second copy of a multi-gigabyte file.
+An upload (or a copy of a `slide_uri` file) is staged in a local file while it is hashed and
+probed, then stored under its SHA-256: the same slide uploaded twice, by any clients, is stored
+once. On a local store, staging lives inside the store so that storing is an atomic rename, never
+a second copy of a multi-gigabyte file. Nothing here deletes a blob: another client's job may
+name it; `idcscan.core.storage_gc` removes blobs no job names.
 """
 
 from __future__ import annotations
