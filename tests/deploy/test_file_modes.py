@@ -15,7 +15,13 @@ import requests
 
 from tests.api.conftest import KOMBU_NOLOAD, plain_tiff
 from tests.conftest import SAMPLE_SVS
-from tests.processes import free_port, idcscan_cli, idcscan_process, wait_until_up
+from tests.processes import (
+    free_port,
+    idcscan_cli,
+    idcscan_process,
+    wait_for_line,
+    wait_until_up,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, KOMBU_NOLOAD]
 
@@ -66,6 +72,8 @@ def test_stored_slides_results_staging_and_databases_are_private(tmp_path: Path)
         idcscan_process(["worker", "--concurrency=1"], env, worker_log),
     ):
         wait_until_up(url, api_log)
+        # Both create the embedded broker's queue on first use: let the worker be first.
+        wait_for_line(worker_log, "ready.")
         # An upload caught half-way: its staged file is already private.
         first, rest = multipart(SAMPLE_SVS.read_bytes())
         staging = data / "storage" / "staging"
@@ -91,14 +99,12 @@ def test_stored_slides_results_staging_and_databases_are_private(tmp_path: Path)
         )
         assert by_uri.status_code == 202, by_uri.text
         deadline = time.monotonic() + 120
-        while (
-            requests.get(url + f"/v1/jobs/{by_uri.json()['id']}", headers=auth, timeout=5).json()[
-                "status"
-            ]
-            != "succeeded"
-        ):
+        job = by_uri.json()
+        while job["status"] in ("queued", "running"):
             assert time.monotonic() < deadline, worker_log.read_text()[-3000:]
             time.sleep(0.25)
+            job = requests.get(url + f"/v1/jobs/{job['id']}", headers=auth, timeout=5).json()
+        assert job["status"] == "succeeded", (job, worker_log.read_text()[-3000:])
 
     written = modes(data)
     assert any(name.startswith("storage/results/") for name in written), written
