@@ -20,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     IDCSCAN_DATA_DIR=/var/lib/idcscan VIRTUAL_ENV=/opt/idcscan PATH=/opt/idcscan/bin:$PATH
 RUN python -m venv /opt/idcscan \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin idcscan \
- && install -d -o idcscan -g idcscan /var/lib/idcscan
+ && install -d -m 0700 -o idcscan -g idcscan /var/lib/idcscan
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir "/wheels/$(cd /wheels && ls idcscan-*.whl)[s3]"
 WORKDIR /var/lib/idcscan
@@ -48,7 +48,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/idcscan \
  && useradd --uid 10001 --create-home --shell /usr/sbin/nologin idcscan \
- && install -d -o idcscan -g idcscan /var/lib/idcscan
+ && install -d -m 0700 -o idcscan -g idcscan /var/lib/idcscan
 COPY --from=build /wheels /wheels
 # onnxruntime and onnxruntime-gpu ship the same module: install idcscan, then swap the runtime.
 RUN pip install --no-cache-dir "/wheels/$(cd /wheels && ls idcscan-*.whl)[gpu,s3]" \

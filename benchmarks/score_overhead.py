@@ -58,6 +58,7 @@ def main() -> None:
     from idcscan.core.onnxmodel import OnnxModel
     from idcscan.core.settings import get_settings
     from idcscan.core.slides import open_slide
+    from idcscan.core.storage import Storage
     from idcscan.worker import outputs
     from idcscan.worker.pipeline import score_slide
 
@@ -113,6 +114,10 @@ def main() -> None:
         score_in_process()
         scoring_s, _ = median_time(score_in_process, 7)
 
+        # Workers read only what the service stored (the API copies every slide in).
+        slide_uri = Storage(settings.storage).put_file(
+            SMALL_SLIDE, f"slides/bench/{Path(SMALL_SLIDE).name}"
+        )
         worker = subprocess.Popen(
             [sys.executable, "-m", "idcscan.cli", "worker", "--concurrency=1"],
             env={**os.environ, **env},
@@ -123,7 +128,7 @@ def main() -> None:
         for i in range(args.jobs + 1):
             start = time.perf_counter()
             with transaction(sessions) as session:
-                job = Job(client_id=ids[0], model_id=ids[1], slide_uri=str(SMALL_SLIDE))
+                job = Job(client_id=ids[0], model_id=ids[1], slide_uri=slide_uri)
                 session.add(job)
                 session.flush()
                 job_id = job.id

@@ -134,6 +134,7 @@ def _through_worker(
     )
     from idcscan.core.migrate import upgrade
     from idcscan.core.settings import get_settings
+    from idcscan.core.storage import Storage
 
     env = {"IDCSCAN_DATA_DIR": str(work / "data")}
     if args.database:
@@ -160,6 +161,8 @@ def _through_worker(
         session.add_all([client, model])
         session.flush()
         ids = (client.id, model.id)
+    # Workers read only what the service stored (the API copies every slide in).
+    slide_uri = Storage(settings.storage).put_file(slide, f"slides/bench/{Path(slide).name}")
     worker = subprocess.Popen(
         [sys.executable, "-m", "idcscan.cli", "worker", "--concurrency=1"],
         env={**os.environ, **env},
@@ -170,7 +173,7 @@ def _through_worker(
         durations = []
         for _ in range(args.repeats + 1):  # the first job pays the model load in the worker
             with transaction(sessions) as session:
-                job = Job(client_id=ids[0], model_id=ids[1], slide_uri=str(slide))
+                job = Job(client_id=ids[0], model_id=ids[1], slide_uri=slide_uri)
                 session.add(job)
                 session.flush()
                 job_id = job.id

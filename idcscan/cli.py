@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,11 +80,19 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, args.model, args.keep)
 
 
+# Slides, results, staged uploads and the SQLite databases hold patient data: whatever an idcscan
+# process creates is its user's alone (files 0600, folders 0700), whichever library creates it
+# (SQLite, Celery's broker, fsspec, OpenSlide's callers). Set for the life of the command, which
+# for `api`, `worker` and `scheduler` is the life of the process and of every child it forks.
+PRIVATE_UMASK = 0o077
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
+    previous_umask = os.umask(PRIVATE_UMASK)
     try:
         return int(args.func(args) or 0)
     except (IdcscanError, FileNotFoundError, ValueError) as exc:
@@ -92,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        os.umask(previous_umask)  # called in-process (tests), it leaves the caller's as it was
 
 
 if __name__ == "__main__":

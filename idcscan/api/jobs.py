@@ -1,7 +1,9 @@
 """Jobs: submit a slide (upload or `slide_uri`), poll one job, list the client's jobs, cancel.
 
-Submission order: stage and hash the upload, probe its header, store it under its hash, commit
-the job row (with its audit event), and only then publish the id. An `Idempotency-Key` is
+Submission order: stage and hash the upload (or copy the named `slide_uri` from the caller's
+folder), check the model, probe the slide's header, store it under its hash, commit the job row
+(with its audit event), and only then publish the id. Bad input is refused before anything is
+stored; a blob is never deleted by a request (see `idcscan.api.storage`). An `Idempotency-Key` is
 race-safe through the unique index on (client_id, idempotency_key): the loser of a race catches
 the IntegrityError and answers with the winner's job.
 """
@@ -39,12 +41,17 @@ from idcscan.api.schemas import (
     spec,
 )
 from idcscan.api.storage import BlobStore
-from idcscan.api.upload import MAX_LABELS_BYTES, Upload, receive_multipart, resolve_slide_uri
+from idcscan.api.upload import (
+    MAX_LABELS_BYTES,
+    Upload,
+    receive_multipart,
+    resolve_slide_uri,
+    stage_shared_file,
+)
 from idcscan.core.db import Job, JobStatus, Model, transaction, utcnow
 from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import parse_labels
 from idcscan.core.settings import Settings
-from idcscan.core.storage import open_uri
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1")
 log = logging.getLogger(__name__)
@@ -87,14 +94,17 @@ def own_job(session: Session, job_id: uuid.UUID) -> Job:
 
 @dataclass
 class Prepared:
-    """A slide accepted for scoring, and the blobs this request created (removed on failure)."""
+    """A slide accepted for scoring, stored with its labels under their content hashes.
+
+    A request that fails after storing leaves its blobs in place: the same bytes may be another
+    job's, so only `idcscan storage gc` removes blobs, once no job names them.
+    """
 
     slide_uri: str
-    slide_sha256: str | None
+    slide_sha256: str
     slide_format: str
     mpp: float | None
     labels_uri: str | None
-    created: list[str]
 
 
 SUBMISSION_TYPES = ("multipart/form-data", "application/json")
@@ -142,14 +152,14 @@ def submit() -> Any:
             settings.max_upload_bytes,
         )
         try:
-            model_id = _int_field(upload.fields.get("model_id"), "model_id")
-            prepared = _prepare_upload(upload, settings, store)
+            model_id = _chosen_model(_int_field(upload.fields.get("model_id"), "model_id"))
+            prepared = _prepare(upload, _mpp_field(upload.fields.get("mpp")), settings, store)
         finally:
             upload.discard()
     else:  # JSON, checked by `_submission_media_type` and validated by spectree
         body: JobByUri = request.context.json  # type: ignore[attr-defined]
-        model_id = body.model_id
-        prepared = _prepare_uri(body, settings)
+        model_id = _chosen_model(body.model_id)
+        prepared = _prepare_uri(body, settings, store)
 
     job = Job(
         id=uuid.uuid4(),
@@ -160,10 +170,10 @@ def submit() -> Any:
         mpp=prepared.mpp,
         labels_uri=prepared.labels_uri,
         idempotency_key=key,
+        model_id=model_id,
     )
     try:
         with transaction(db) as session:
-            job.model_id = _model_for(session, model_id)
             session.add(job)
             session.flush()
             audit(
@@ -174,9 +184,8 @@ def submit() -> Any:
                 job.id,
                 labelled=job.labels_uri is not None,
             )
-    except BaseException as exc:
-        _release(store, db, prepared.created)
-        if key is not None and isinstance(exc, IntegrityError):
+    except IntegrityError:
+        if key is not None:
             with db() as session:
                 winner = _by_key(session, key)
             if winner is not None:  # a concurrent retry committed first
@@ -236,6 +245,12 @@ def _mpp_field(value: str | None) -> float | None:
     return mpp
 
 
+def _chosen_model(model_id: int | None) -> int:
+    """The model the job will use, checked before anything is stored."""
+    with current_app.extensions["idcscan.db"]() as session:
+        return _model_for(session, model_id)
+
+
 def _model_for(session: Session, model_id: int | None) -> int:
     if model_id is not None:
         if session.get(Model, model_id) is None:
@@ -247,8 +262,8 @@ def _model_for(session: Session, model_id: int | None) -> int:
     return active
 
 
-def _prepare_upload(upload: Upload, settings: Settings, store: BlobStore) -> Prepared:
-    mpp = _mpp_field(upload.fields.get("mpp"))
+def _prepare(upload: Upload, mpp: float | None, settings: Settings, store: BlobStore) -> Prepared:
+    """Probe the staged slide, parse the staged labels, then store both under their hashes."""
     slide = upload.files["slide"]
     header = probe_slide(slide.path, mpp, settings.max_slide_pixels)
     # Stored names end in a suffix of what the content is, never one of the client's (L4).
@@ -258,38 +273,35 @@ def _prepare_upload(upload: Upload, settings: Settings, store: BlobStore) -> Pre
         with labels.path.open("rb") as handle:  # the worker's parser: refuse now what it would
             truth = parse_labels(handle)
         keys["labels"] = f"labels/{labels.sha256[:2]}/{labels.sha256}{truth.suffix}"
-    created = [key for name, key in keys.items() if store.store(upload.files[name].path, key)]
+    for name, key in keys.items():
+        store.store(upload.files[name].path, key)
     return Prepared(
         slide_uri=store.uri(keys["slide"]),
         slide_sha256=slide.sha256,
         slide_format=header.format,
         mpp=mpp,
         labels_uri=store.uri(keys["labels"]) if "labels" in keys else None,
-        created=created,
     )
 
 
-def _prepare_uri(body: JobByUri, settings: Settings) -> Prepared:
-    slide_uri = resolve_slide_uri(body.slide_uri, settings.slide_uri_root)
-    labels_uri = None
-    if body.labels_uri:
-        labels_uri = resolve_slide_uri(body.labels_uri, settings.slide_uri_root)
-        with open_uri(labels_uri) as handle:
-            parse_labels(handle.read(MAX_LABELS_BYTES + 1))
-    header = probe_slide(slide_uri, body.mpp, settings.max_slide_pixels)
-    return Prepared(slide_uri, None, header.format, body.mpp, labels_uri, created=[])
-
-
-def _release(store: BlobStore, db: Any, created: list[str]) -> None:
-    """Remove blobs this request stored, unless a job committed meanwhile refers to them."""
-    for key in created:
-        uri = store.uri(key)
-        with db() as session:
-            used = session.scalar(
-                select(Job.id).where(or_(Job.slide_uri == uri, Job.labels_uri == uri)).limit(1)
-            )
-        if used is None:
-            store.delete(key)
+def _prepare_uri(body: JobByUri, settings: Settings, store: BlobStore) -> Prepared:
+    """Copy the named slide (and labels) from the caller's folder, then as an upload."""
+    root, client_id = settings.slide_uri_root, caller().id
+    slide = resolve_slide_uri(body.slide_uri, root, client_id)
+    labels = (
+        resolve_slide_uri(body.labels_uri, root, client_id, "labels") if body.labels_uri else None
+    )
+    staging = store.staging_dir()
+    upload = Upload()
+    try:
+        upload.files["slide"] = stage_shared_file(
+            slide, staging, settings.max_upload_bytes, "slide"
+        )
+        if labels is not None:
+            upload.files["labels"] = stage_shared_file(labels, staging, MAX_LABELS_BYTES, "labels")
+        return _prepare(upload, body.mpp, settings, store)
+    finally:
+        upload.discard()
 
 
 @bp.get("/jobs/<uuid:job_id>")

@@ -40,7 +40,8 @@ def serve(host: str, port: int, workers: int, threads: int) -> int:
             "bind": f"{host}:{port}",
             "workers": workers or min(2 * multiprocessing.cpu_count() + 1, 8),
             "threads": threads,
-            "worker_class": "gthread",
+            # gthread, but a thread is used only once a request's head has arrived (slowloris).
+            "worker_class": "idcscan.api.slowclients.HeadFirstThreadWorker",
             # The app logs each request as JSON (ids, route template, latency); no access log.
             "accesslog": None,
             "errorlog": "-",

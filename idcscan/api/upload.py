@@ -2,16 +2,21 @@
 
 The upload is read in chunks straight off the request stream (werkzeug's sans-IO multipart
 decoder), hashed on the way and cut off at the size limit; it is never held whole in memory and
-never parsed by Flask's form machinery (which would spool it first). A `slide_uri` must lie inside
-`Settings.slide_uri_root`: local paths are resolved (symlinks and `..` included) before the check.
+never parsed by Flask's form machinery (which would spool it first).
+
+A `slide_uri` names a file in the caller's own folder of `Settings.slide_uri_root`
+(`<root>/client-<id>/`). It is opened without following any symlink and copied into a staged
+file exactly like an upload, so from there on both take one path: probe, hash, store.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -153,32 +158,169 @@ def _abandon(upload: Upload, sink: _Sink | None) -> None:
     upload.discard()
 
 
-def resolve_slide_uri(uri: str, root: str | None) -> str:
-    """`uri` made absolute and proven to lie inside `root`; a Problem otherwise."""
+# --- slide_uri: a file in the client's own folder, copied into storage at submit ---------------
+
+
+def client_folder(client_id: int) -> str:
+    """A client's folder under the slide_uri root. The id is stable and a safe file name, which a
+    client's name (free text, shared by nobody's naming rules) is not."""
+    return f"client-{client_id}"
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """A file a job names on the slide_uri root, inside its client's folder; not opened yet.
+
+    `parts` are plain names (the client's folder first); `root` is the local folder, resolved
+    once (an operator may mount it through a symlink), or the URL prefix of object storage.
+    """
+
+    protocol: str
+    root: str
+    parts: tuple[str, ...]
+    absent: Problem
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{'/'.join([self.root.strip('/'), *self.parts])}"
+
+
+def _absent(what: str) -> Problem:
+    # One answer for a name that is absent, another client's, a symlink, a folder or not a
+    # name at all: whatever lies outside the caller's folder must not be told apart.
+    if what == "labels":
+        return Problem(422, "labels-not-found", "No labels file by that name in your slide folder.")
+    return Problem(422, "slide-not-found", "No slide by that name in your slide folder.")
+
+
+def resolve_slide_uri(
+    uri: str, root: str | None, client_id: int, what: str = "slide"
+) -> SharedFile:
+    """Where `uri` points in the client's folder of `root`, decided from the name alone.
+
+    A relative name is taken inside the client's folder; an absolute path or URL must spell out
+    that folder. `..` is refused rather than normalised, so the name means one thing only. The
+    file system is not consulted here: `stage_shared_file` opens the name without following
+    any symlink, so whether another client's file exists is never visible.
+    """
     if not root:
         raise Problem(
             422,
             "slide-uri-disabled",
             "This service accepts uploads only (no slide_uri root is configured).",
         )
-    outside = Problem(
-        422, "slide-uri-outside-root", "The slide_uri is outside the configured storage root."
-    )
+    absent = _absent(what)
+    if "\x00" in uri:
+        raise absent
     root_protocol, root_path = _split(root)
-    protocol, path = _split(uri)
-    if protocol != root_protocol:
-        raise outside
-    if protocol == "file":
+    if root_protocol == "file":
         base = os.path.realpath(root_path)
-        candidate = os.path.realpath(os.path.join(base, path))
-        if os.path.commonpath([base, candidate]) != base or candidate == base:
-            raise outside
-        return candidate
-    base = posixpath.normpath("/" + root_path.strip("/"))
-    candidate = posixpath.normpath("/" + path)
-    if not candidate.startswith(base.rstrip("/") + "/"):
-        raise outside
-    return f"{protocol}://{candidate.lstrip('/')}"
+        spellings = {os.path.normpath(os.path.abspath(root_path)), base}
+    else:
+        base = root_path.strip("/")
+        spellings = {base}
+    folder = client_folder(client_id)
+    if "://" not in uri and not uri.startswith("/"):
+        named = [folder, *_names(uri)]
+    else:
+        protocol, path = _split(uri)
+        if protocol != root_protocol:
+            raise absent
+        names = _names(path)
+        below = next(
+            (
+                names[len(prefix) :]
+                for prefix in (_names(spelling) for spelling in spellings)
+                if names[: len(prefix)] == prefix
+            ),
+            None,
+        )
+        if below is None or below[:1] != [folder]:
+            raise absent
+        named = below
+    if ".." in named or len(named) < 2:
+        raise absent
+    return SharedFile(root_protocol, base, tuple(named), absent)
+
+
+def stage_shared_file(shared: SharedFile, staging: Path, limit: int, what: str) -> StagedFile:
+    """Copy a named file into a staged file, as if it had been uploaded; a Problem if it is not
+    a regular file reached without a symlink.
+
+    Copying (rather than recording where the file lies) means the worker scores exactly the
+    bytes probed here: the share can change or be swapped after submission without effect, and
+    workers need no access to the share at all.
+    """
+    source = _open_local(shared) if shared.protocol == "file" else _open_remote(shared)
+    with source as (handle, size):
+        if size > limit:
+            raise _too_large(what, limit)
+        sink = _Sink(what, staging, limit)
+        try:
+            while block := handle.read(CHUNK):
+                sink.write(block)
+        except BaseException:
+            _abandon(Upload(), sink)
+            raise
+        return sink.finish()
+
+
+def _too_large(what: str, limit: int) -> InvalidInput:
+    noun = "slide" if what == "slide" else "labels file"
+    return InvalidInput(f"The {noun} is larger than the {limit} bytes allowed.", "upload-too-large")
+
+
+@contextmanager
+def _open_local(shared: SharedFile) -> Iterator[tuple[IO[bytes], int]]:
+    # Walk from the root one name at a time with O_NOFOLLOW: a symlink anywhere below the root
+    # (the client's folder included) is refused at the moment it is opened, so no check-then-open
+    # window exists. O_NONBLOCK keeps a FIFO from stalling the request; only regular files pass.
+    folder_flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        directory = os.open(shared.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise shared.absent from None
+    try:
+        for name in shared.parts[:-1]:
+            inner = os.open(name, folder_flags, dir_fd=directory)
+            os.close(directory)
+            directory = inner
+        fd = os.open(
+            shared.parts[-1],
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+            dir_fd=directory,
+        )
+    except OSError:
+        raise shared.absent from None
+    finally:
+        os.close(directory)
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        raise shared.absent
+    with os.fdopen(fd, "rb") as handle:
+        yield handle, status.st_size
+
+
+@contextmanager
+def _open_remote(shared: SharedFile) -> Iterator[tuple[IO[bytes], int]]:
+    # Object storage has no symlinks; the prefix check in resolve_slide_uri is the whole scope.
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, path = url_to_fs(shared.url)
+        info = fs.info(path)
+        if info.get("type") != "file":
+            raise shared.absent
+        handle = fs.open(path, "rb")
+    except (OSError, ValueError):
+        raise shared.absent from None
+    with handle:
+        yield handle, int(info.get("size") or 0)
+
+
+def _names(path: str) -> list[str]:
+    return [name for name in path.split("/") if name not in ("", ".")]
 
 
 def _split(uri: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Subcommands of the core: `db upgrade`, `db downgrade`, `db current`, `settings`."""
+"""Subcommands of the core: `db upgrade`, `db downgrade`, `db current`, `storage gc`, `settings`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,19 @@ def register(subparsers: Any) -> None:
     down.set_defaults(func=_db_downgrade)
     current = db_sub.add_parser("current", help="print the database's revision")
     current.set_defaults(func=_db_current)
+
+    storage = subparsers.add_parser("storage", help="maintain the stored slides and labels")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True, metavar="ACTION")
+    gc = storage_sub.add_parser(
+        "gc", help="remove slides and labels no job names, and stale staged uploads"
+    )
+    gc.add_argument(
+        "--grace-s",
+        type=int,
+        default=None,
+        help="keep anything younger than this many seconds (default 3600)",
+    )
+    gc.set_defaults(func=_storage_gc)
 
     settings = subparsers.add_parser("settings", help="print every setting, its value and meaning")
     settings.add_argument("--markdown", action="store_true", help="as a Markdown table")
@@ -46,6 +59,26 @@ def _db_current(args: argparse.Namespace) -> int:
     from idcscan.core.settings import get_settings
 
     print(current_revision(get_settings().database) or "(empty database)")
+    return 0
+
+
+def _storage_gc(args: argparse.Namespace) -> int:
+    from idcscan.core.db import make_engine, make_sessionmaker
+    from idcscan.core.settings import get_settings
+    from idcscan.core.storage import Storage
+    from idcscan.core.storage_gc import GRACE_S, collect_garbage
+
+    settings = get_settings()
+    engine = make_engine(settings.database)
+    try:
+        grace_s = GRACE_S if args.grace_s is None else args.grace_s
+        done = collect_garbage(Storage(settings.storage), make_sessionmaker(engine), grace_s)
+    finally:
+        engine.dispose()
+    print(
+        f"storage gc: removed {done.blobs} blobs no job names and {done.staged} stale staged "
+        f"files, {done.bytes} bytes"
+    )
     return 0
 
 

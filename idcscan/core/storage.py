@@ -62,7 +62,8 @@ class Storage:
         self.fs, self._root = url_to_fs(root)
         self.root = root
         if is_local(root):
-            Path(self._root).mkdir(parents=True, exist_ok=True)
+            # Private even when created by a process that did not set idcscan's umask.
+            Path(self._root).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def _path(self, key: str) -> str:
         return f"{self._root}/{_check_key(key)}"
@@ -70,6 +71,16 @@ class Storage:
     def uri(self, key: str) -> str:
         """The absolute URI of `key`, as recorded in the database."""
         return f"{self.root}/{_check_key(key)}"
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of `uri` if it names something in this storage (as `uri(key)` wrote it)."""
+        prefix = f"{self.root}/"
+        if not uri.startswith(prefix):
+            return None
+        try:
+            return _check_key(uri[len(prefix) :])
+        except ValueError:
+            return None
 
     def open(self, key: str, mode: str = "rb") -> IO[Any]:
         path = self._path(key)

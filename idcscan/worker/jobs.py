@@ -258,19 +258,34 @@ class JobRunner:
             self._fail(claim, ErrorKind.INTERNAL, f"internal error: {exc.__class__.__name__}")
             return "failed"
 
+    def _stored(self, uri: str, folder: str, what: str, code: str) -> str:
+        """`uri` if it names a blob the API stored; refused otherwise.
+
+        The API copies every slide and labels file into storage before it commits a job, so a
+        job naming anything else (a row written by hand or by an older release, which named files
+        on the slide_uri share) is refused rather than read: what the worker opens is what the
+        API probed.
+        """
+        key = self.storage.key_of(uri)
+        if key is None or not key.startswith(f"{folder}/"):
+            raise InvalidInput(f"the job's {what} is not in the service's storage", code)
+        return self.storage.uri(key)
+
     def _score(self, claim: Claim, heartbeat: Heartbeat) -> SlideScore:
+        slide_uri = self._stored(claim.slide_uri, "slides", "slide", "slide-outside-storage")
+        labels_uri = claim.labels_uri and self._stored(
+            claim.labels_uri, "labels", "labels file", "labels-outside-storage"
+        )
         model = self.models.get(claim.model_location)
         truth: GroundTruth | None = None
-        if claim.labels_uri:
+        if labels_uri:
             try:
-                with open_uri(claim.labels_uri) as handle:
+                with open_uri(labels_uri) as handle:
                     truth = parse_labels(handle)
             except FileNotFoundError as exc:
                 raise InvalidInput("the job's labels file is missing", "missing-labels") from exc
         try:
-            slide = open_slide(
-                claim.slide_uri, mpp=claim.mpp, max_pixels=self.settings.max_slide_pixels
-            )
+            slide = open_slide(slide_uri, mpp=claim.mpp, max_pixels=self.settings.max_slide_pixels)
         except FileNotFoundError as exc:
             raise InvalidInput("the job's slide file is missing", "missing-slide") from exc
         with slide:

@@ -8,12 +8,14 @@ beside the worker in the embedded mode):
   attempts, `failed` as `worker_lost`.
 Each change is one conditional UPDATE ... RETURNING, so concurrent reconcilers do not double up;
 duplicate messages are harmless anyway (a worker claims a job only once).
+Every `GC_INTERVAL_S` it also collects storage garbage (`idcscan.core.storage_gc`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from idcscan.core.db import (
     utcnow,
 )
 from idcscan.core.settings import Settings
+from idcscan.core.storage import Storage
+from idcscan.core.storage_gc import GC_INTERVAL_S, collect_garbage
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +110,18 @@ def reconcile(
     return Reconciled(republished=republished, failed=failed)
 
 
-def run_forever(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Reconcile every `reconcile_interval_s` until `stop` is set; a failed round is logged, not fatal."""
+def run_forever(
+    settings: Settings, stop: threading.Event | None = None, gc_interval_s: float = GC_INTERVAL_S
+) -> None:
+    """Reconcile every `reconcile_interval_s` until `stop` is set, and collect storage garbage
+    every `gc_interval_s`; a failed round is logged, not fatal."""
     from idcscan.broker import publish_job
 
     stop = stop or threading.Event()
     engine = make_engine(settings.database)
     sessions = make_sessionmaker(engine)
+    storage = Storage(settings.storage)
+    collected_at: float | None = None  # the first round collects, then every gc_interval_s
     log.info("reconciler: every %d s", settings.reconcile_interval_s)
     try:
         while not stop.wait(settings.reconcile_interval_s):
@@ -120,5 +129,11 @@ def run_forever(settings: Settings, stop: threading.Event | None = None) -> None
                 reconcile(settings, sessions, lambda job_id: publish_job(job_id, settings))
             except Exception:
                 log.exception("reconciler: round failed")
+            if collected_at is None or time.monotonic() - collected_at >= gc_interval_s:
+                collected_at = time.monotonic()
+                try:
+                    collect_garbage(storage, sessions)
+                except Exception:
+                    log.exception("storage gc: round failed")
     finally:
         engine.dispose()

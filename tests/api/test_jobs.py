@@ -12,7 +12,7 @@ from sqlalchemy import select
 from idcscan.core.db import AuditEvent, Job
 from tests.conftest import SAMPLE_SVS
 
-from .conftest import KOMBU_NOLOAD, Service, plain_tiff
+from .conftest import KOMBU_NOLOAD, Service
 
 pytestmark = [pytest.mark.integration, KOMBU_NOLOAD]
 
@@ -89,20 +89,6 @@ def test_twenty_concurrent_retries_make_one_job(service: Service) -> None:
     assert service.job_count() == 1
     assert len(service.stored_files()) == 1
     assert len(service.published()) == 1
-
-
-def test_submit_by_slide_uri_inside_the_root(service: Service) -> None:
-    key = service.add_client()
-    root = Path(service.settings.slide_uri_root or "")
-    (root / "cases").mkdir()
-    slide = plain_tiff(root / "cases" / "case.tiff", mpp=4.0)
-    response = service.post("/v1/jobs", key, json={"slide_uri": "cases/case.tiff"})
-    assert response.status_code == 202, response.text
-    assert response.json()["slide_format"] == "generic-tiff"
-    with service.db() as session:
-        assert session.get(Job, uuid.UUID(response.json()["id"])).slide_uri == str(slide.resolve())
-    # Absolute paths inside the root are fine too.
-    assert service.post("/v1/jobs", key, json={"slide_uri": str(slide)}).status_code == 202
 
 
 def test_listing_pages_with_a_cursor_and_filters_by_status(service: Service) -> None:

@@ -86,28 +86,37 @@ def test_no_character_of_the_file_name_reaches_the_staged_file(tmp_path: Path) -
         upload.discard()
 
 
-def test_slide_uri_must_stay_inside_the_root(tmp_path: Path) -> None:
+def test_slide_uri_is_read_inside_the_clients_folder_from_the_name_alone(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    (root / "cases").mkdir(parents=True)
-    (root / "cases" / "a.svs").touch()
-    os.symlink(tmp_path, root / "escape")
-    assert resolve_slide_uri("cases/a.svs", str(root)) == str(root / "cases" / "a.svs")
-    assert resolve_slide_uri(f"file://{root}/cases/a.svs", str(root)) == str(
-        root / "cases" / "a.svs"
+    own = root / "client-7"
+    assert resolve_slide_uri("cases/a.svs", str(root), 7).parts == ("client-7", "cases", "a.svs")
+    assert resolve_slide_uri(f"{own}/cases/a.svs", str(root), 7).parts == (
+        "client-7",
+        "cases",
+        "a.svs",
     )
-    assert (
-        resolve_slide_uri("s3://bucket/slides/a.svs", "s3://bucket/slides")
-        == "s3://bucket/slides/a.svs"
-    )
+    assert resolve_slide_uri(f"file://{own}/./a.svs", str(root), 7).parts == ("client-7", "a.svs")
+    remote = resolve_slide_uri("s3://bucket/slides/client-7/a.svs", "s3://bucket/slides/", 7)
+    assert remote.url == "s3://bucket/slides/client-7/a.svs"
+    assert resolve_slide_uri("a.svs", "s3://bucket/slides", 7).url == remote.url
     for uri, base in [
         ("../a.svs", str(root)),
-        ("escape/outside.svs", str(root)),
+        ("cases/../../client-8/a.svs", str(root)),
+        (f"{root}/client-8/a.svs", str(root)),
+        (f"{root}/client-70/a.svs", str(root)),
+        (f"{own}/../client-8/a.svs", str(root)),
+        (str(own), str(root)),
         (str(root), str(root)),
-        ("s3://bucket/slides/../private/a.svs", "s3://bucket/slides"),
-        ("s3://bucket/slides-evil/a.svs", "s3://bucket/slides"),
-        ("gs://bucket/slides/a.svs", "s3://bucket/slides"),
         ("/etc/passwd", str(root)),
+        ("a\x00.svs", str(root)),
+        ("s3://bucket/slides/client-7/../client-8/a.svs", "s3://bucket/slides"),
+        ("s3://bucket/slides-evil/client-7/a.svs", "s3://bucket/slides"),
+        ("gs://bucket/slides/client-7/a.svs", "s3://bucket/slides"),
+        (f"s3://{own}/a.svs", str(root)),
     ]:
         with pytest.raises(Problem) as refused:
-            resolve_slide_uri(uri, base)
-        assert refused.value.code == "slide-uri-outside-root", uri
+            resolve_slide_uri(uri, base, 7)
+        assert refused.value.code == "slide-not-found", uri
+    with pytest.raises(Problem) as labels:
+        resolve_slide_uri("../a.csv", str(root), 7, "labels")
+    assert labels.value.code == "labels-not-found"

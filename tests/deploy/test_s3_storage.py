@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from idcscan.core.errors import InvalidInput
 from idcscan.core.storage import Storage, as_local_file, open_uri
 from tests.conftest import SAMPLE_SVS
 
@@ -82,3 +83,68 @@ def test_storage_round_trip_on_s3(s3_endpoint: str, tmp_path: Path) -> None:
     assert storage.read_bytes("results/job-1/summary.json") == b"{}"
     storage.delete("results/job-1")
     assert not storage.exists("results/job-1/summary.json")
+
+
+def test_slide_uri_on_object_storage_is_scoped_per_client(s3_endpoint: str, tmp_path: Path) -> None:
+    # A slide_uri root on S3: each client names objects under its own prefix only, and another
+    # client's object answers exactly as an absent one.
+    from idcscan.api.problems import Problem
+    from idcscan.api.upload import resolve_slide_uri, stage_shared_file
+
+    root = "s3://idcscan/scans"
+    Storage(root).put_file(SAMPLE_SVS, "client-1/case.svs")
+    Storage(root).put_bytes("client-1/cases/.keep", b"")
+    staged = stage_shared_file(resolve_slide_uri("case.svs", root, 1), tmp_path, 10**8, "slide")
+    assert staged.path.read_bytes() == SAMPLE_SVS.read_bytes()
+    assert staged.size == SAMPLE_SVS.stat().st_size
+    answers = set()
+    for uri, client in [
+        ("s3://idcscan/scans/client-1/case.svs", 2),
+        ("s3://idcscan/scans/client-1/absent.svs", 2),
+        ("../client-1/case.svs", 2),
+        ("case.svs", 2),
+        ("cases", 1),
+    ]:
+        with pytest.raises(Problem) as refused:
+            stage_shared_file(resolve_slide_uri(uri, root, client), tmp_path, 10**8, "slide")
+        answers.add((refused.value.status, refused.value.code, refused.value.detail))
+    assert answers == {(422, "slide-not-found", "No slide by that name in your slide folder.")}
+    with pytest.raises(InvalidInput) as too_large:
+        stage_shared_file(resolve_slide_uri("case.svs", root, 1), tmp_path, 1000, "slide")
+    assert too_large.value.code == "upload-too-large"
+    assert [p.name for p in tmp_path.iterdir()] == [staged.path.name]
+
+
+def test_storage_gc_on_object_storage(s3_endpoint: str, sqlite_url: str) -> None:
+    from idcscan.core.db import Client, Job, Model, make_engine, make_sessionmaker, transaction
+    from idcscan.core.migrate import upgrade
+    from idcscan.core.storage_gc import collect_garbage
+
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    sessions = make_sessionmaker(engine)
+    storage = Storage("s3://idcscan/prod")
+    named = storage.put_bytes("slides/aa/aa11.svs", b"named")
+    storage.put_bytes("slides/bb/bb22.svs", b"orphan")
+    storage.put_bytes("results/job/heatmap.png", b"result")
+    with transaction(sessions) as session:
+        client = Client(name="hospital", key_prefix="abcdef12", key_hash="x" * 64)
+        model = Model(
+            version="v1",
+            architecture="tiny",
+            onnx_sha256="0" * 64,
+            location="m.onnx",
+            tile_spec={},
+            threshold=0.5,
+        )
+        session.add_all([client, model])
+        session.flush()
+        session.add(Job(client_id=client.id, model_id=model.id, slide_uri=named))
+    try:
+        # Objects cannot be made old on S3: a grace in the future makes every object a candidate.
+        assert collect_garbage(storage, sessions, grace_s=-3600).blobs == 1
+        assert collect_garbage(storage, sessions, grace_s=3600).blobs == 0
+    finally:
+        engine.dispose()
+    assert storage.exists("slides/aa/aa11.svs") and storage.exists("results/job/heatmap.png")
+    assert not storage.exists("slides/bb/bb22.svs")

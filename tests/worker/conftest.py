@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pytest
 
+from idcscan.core.settings import Settings
+from idcscan.core.storage import Storage
 from idcscan.core.tiles import TileSpec
 from tests.conftest import SAMPLE_PATIENTS
 from tests.worker.models import build_model
@@ -41,25 +43,47 @@ def patient_zip(tmp_path: Path) -> Path:
 JobFactory = Callable[..., uuid.UUID]
 
 
+def stored(storage: Storage, path: str | None, folder: str) -> str | None:
+    """`path` copied into the service's storage, as the API stores what it accepts (a folder
+    as a folder); its URI. A path that does not exist gives the URI of a blob that is absent."""
+    if path is None:
+        return None
+    source = Path(path)
+    key = f"{folder}/test/{uuid.uuid4().hex}/{source.name}"
+    target = Path(storage.uri(key))
+    if source.is_dir():
+        shutil.copytree(source, target)
+    elif source.exists():
+        storage.put_file(source, key)
+    return storage.uri(key)
+
+
 @pytest.fixture
-def make_job(tiny_model: Path) -> Iterator[Callable[[str], JobFactory]]:
-    """make_job(database_url)(slide_uri, mpp=None, labels_uri=None, slide_sha256=None) -> a committed
-    queued job id; an uploaded slide has its SHA-256, a `slide_uri` none."""
+def make_job(tiny_model: Path) -> Iterator[Callable[[Settings], JobFactory]]:
+    """make_job(settings)(slide, mpp=None, labels=None, slide_sha256=None) -> a committed queued
+    job id, its slide and labels copied into storage first (the worker reads nothing else);
+    `as_is={"slide"}` (or "labels") names that path itself, as a row written by hand or by an
+    older API would. An uploaded slide has its SHA-256."""
     from idcscan.core.db import Client, Job, Model, make_engine, make_sessionmaker, transaction
 
     engines = []
 
-    def for_database(url: str) -> JobFactory:
-        engine = make_engine(url)
+    def for_settings(settings: Settings) -> JobFactory:
+        engine = make_engine(settings.database)
         engines.append(engine)
         sessions = make_sessionmaker(engine)
+        storage = Storage(settings.storage)
 
         def make(
-            slide_uri: str,
+            slide: str,
             mpp: float | None = None,
-            labels_uri: str | None = None,
+            labels: str | None = None,
+            as_is: Collection[str] = (),
             slide_sha256: str | None = None,
         ) -> uuid.UUID:
+            slide_uri = slide if "slide" in as_is else stored(storage, slide, "slides")
+            labels_uri = labels if "labels" in as_is else stored(storage, labels, "labels")
+            assert slide_uri is not None
             with transaction(sessions) as session:
                 client = session.query(Client).filter_by(name="hospital").one_or_none()
                 if client is None:
@@ -94,7 +118,7 @@ def make_job(tiny_model: Path) -> Iterator[Callable[[str], JobFactory]]:
 
         return make
 
-    yield for_database
+    yield for_settings
     for engine in engines:
         engine.dispose()
 

@@ -62,7 +62,7 @@ def test_an_uploaded_vms_is_refused_by_the_worker_unread(
     os.utime(canary, (946684800, time.time()))
     storage = Storage(settings.storage)
     uri, digest = _as_uploaded_blob(storage, hostile_vms(tmp_path / "i.vms", canary), ".vms")
-    job_id = new_job(uri, mpp=0.5, slide_sha256=digest)
+    job_id = new_job(uri, mpp=0.5, slide_sha256=digest, as_is={"slide"})
     assert runner.run(job_id) == "failed"
     _failed_with(sessions, job_id, "unsupported-slide-format")
     assert canary.stat().st_atime == 946684800, "the host file was read"

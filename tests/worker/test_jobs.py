@@ -54,8 +54,8 @@ def runner(settings: Settings, sessions: sessionmaker[Session]) -> JobRunner:
 
 
 @pytest.fixture
-def new_job(make_job: Callable[[str], JobMaker], settings: Settings) -> JobMaker:
-    return make_job(settings.database)
+def new_job(make_job: Callable[[Settings], JobMaker], settings: Settings) -> JobMaker:
+    return make_job(settings)
 
 
 def job(sessions: sessionmaker[Session], job_id: uuid.UUID) -> Job:
@@ -101,7 +101,7 @@ def test_job_succeeds_with_results_and_confusion(
     assembled: Path,
     settings: Settings,
 ) -> None:
-    job_id = new_job(str(assembled), labels_uri=str(assembled.with_suffix(".tiles.csv")))
+    job_id = new_job(str(assembled), labels=str(assembled.with_suffix(".tiles.csv")))
     assert runner.run(job_id) == "succeeded"
     done = job(sessions, job_id)
     assert done.status == JobStatus.SUCCEEDED and done.attempts == 1 and done.lease_owner is None
@@ -178,6 +178,32 @@ def test_bad_input_fails_cleanly(
     assert failed.error_message and failed.error_message.startswith(code)
     assert count(sessions, TileScore, job_id) == count(sessions, SlideResult, job_id) == 0
     assert not Storage(settings.storage).exists(results_prefix(job_id))
+
+
+@pytest.mark.parametrize("named", ["slide", "labels"])
+def test_the_worker_reads_only_what_the_service_stored(
+    runner: JobRunner,
+    sessions: sessionmaker[Session],
+    new_job: JobMaker,
+    assembled: Path,
+    settings: Settings,
+    named: str,
+) -> None:
+    # A row naming a readable slide or labels file outside storage (written by hand, or by an
+    # API before slide_uri files were copied in at submit) is refused, not read.
+    labels = str(assembled.with_suffix(".tiles.csv"))
+    job_id = new_job(str(assembled), labels=labels, as_is={named})
+    assert runner.run(job_id) == "failed"
+    failed = job(sessions, job_id)
+    assert failed.status == JobStatus.FAILED and failed.error_kind == ErrorKind.INVALID_INPUT
+    what = {"slide": "slide", "labels": "labels file"}[named]
+    assert failed.error_message == (
+        f"{named}-outside-storage: the job's {what} is not in the service's storage"
+    )
+    assert count(sessions, TileScore, job_id) == count(sessions, SlideResult, job_id) == 0
+    assert not Storage(settings.storage).exists(results_prefix(job_id))
+    # The same files, stored, are scored: the worker still works.
+    assert runner.run(new_job(str(assembled), labels=labels)) == "succeeded"
 
 
 def test_slide_beyond_the_size_limit(

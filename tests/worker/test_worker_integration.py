@@ -93,7 +93,7 @@ KOMBU_NOLOAD = pytest.mark.filterwarnings(
 
 @pytest.mark.parametrize("mode", ["redis+postgresql", pytest.param("embedded", marks=KOMBU_NOLOAD)])
 def test_job_through_a_real_worker(
-    mode: str, request: pytest.FixtureRequest, tmp_path: Path, make_job: Callable[[str], JobMaker]
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path, make_job: Callable[..., JobMaker]
 ) -> None:
     if mode == "embedded":
         env = _environment(tmp_path, f"sqlite:///{tmp_path / 'data' / 'idcscan.sqlite3'}", None)
@@ -103,7 +103,7 @@ def test_job_through_a_real_worker(
         )
     settings = _settings(env)
     upgrade(settings.database)
-    job_id = make_job(settings.database)(str(SAMPLE_PATIENTS / "8916"))
+    job_id = make_job(settings)(str(SAMPLE_PATIENTS / "8916"))
     engine = make_engine(settings.database)
     sessions = make_sessionmaker(engine)
     log = tmp_path / "worker.log"
@@ -136,13 +136,13 @@ def test_worker_killed_mid_job_finishes_once(
     postgres_url: str,
     redis_url: str,
     tmp_path: Path,
-    make_job: Callable[[str], JobMaker],
+    make_job: Callable[..., JobMaker],
     long_slide: Path,
 ) -> None:
     env = {**_environment(tmp_path, postgres_url, redis_url), "IDCSCAN_BATCH_SIZE": "8"}
     settings = _settings(env)
     upgrade(settings.database)
-    job_id = make_job(settings.database)(str(long_slide))
+    job_id = make_job(settings)(str(long_slide))
     engine = make_engine(settings.database)
     sessions = make_sessionmaker(engine)
     log = tmp_path / "worker.log"
