@@ -9,6 +9,7 @@ the IntegrityError and answers with the winner's job.
 from __future__ import annotations
 
 import base64
+import errno
 import logging
 import uuid
 from dataclasses import dataclass
@@ -24,9 +25,10 @@ from sqlalchemy.orm import Session
 from idcscan.api import logs
 from idcscan.api.auth import audit, caller
 from idcscan.api.probe import probe_slide
-from idcscan.api.problems import Problem, not_found
+from idcscan.api.problems import Problem, accepts, not_found
 from idcscan.api.queue import publish
 from idcscan.api.schemas import (
+    MAX_ID,
     IdempotencyHeader,
     JobByUri,
     JobError,
@@ -97,21 +99,12 @@ class Prepared:
     created: list[str]
 
 
-SUBMISSION_TYPES = ("multipart/form-data", "application/json")
-
-
-@bp.before_request
-def _submission_media_type() -> None:
-    # Before spectree's validation, which would read any other body as (empty) JSON.
-    if request.endpoint == "jobs.submit" and request.mimetype not in SUBMISSION_TYPES:
-        raise Problem(
-            415,
-            "unsupported-media-type",
-            "Send multipart/form-data (an upload) or JSON (a slide_uri).",
-        )
-
-
 @bp.post("/jobs")
+@accepts(
+    "multipart/form-data",
+    "application/json",
+    detail="Send multipart/form-data (an upload) or JSON (a slide_uri).",
+)
 @spec.validate(
     json=JobByUri,
     headers=IdempotencyHeader,
@@ -142,11 +135,11 @@ def submit() -> Any:
             settings.max_upload_bytes,
         )
         try:
-            model_id = _int_field(upload.fields.get("model_id"), "model_id")
+            model_id = _id_field(upload.fields.get("model_id"), "model_id")
             prepared = _prepare_upload(upload, settings, store)
         finally:
             upload.discard()
-    else:  # JSON, checked by `_submission_media_type` and validated by spectree
+    else:  # JSON, checked by `accepts` and validated by spectree
         body: JobByUri = request.context.json  # type: ignore[attr-defined]
         model_id = body.model_id
         prepared = _prepare_uri(body, settings)
@@ -215,13 +208,16 @@ def _check_length(settings: Settings) -> None:
         raise InvalidInput("The upload is larger than allowed.", "upload-too-large")
 
 
-def _int_field(value: str | None, name: str) -> int | None:
+def _id_field(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise Problem(422, "invalid-request", f"`{name}` must be an integer.") from None
+    if not 1 <= number <= MAX_ID:
+        raise Problem(422, "invalid-request", f"`{name}` names no row: it is out of range.")
+    return number
 
 
 def _mpp_field(value: str | None) -> float | None:
@@ -268,15 +264,35 @@ def _prepare_upload(upload: Upload, settings: Settings, store: BlobStore) -> Pre
     )
 
 
+# What opening a path the client named can raise when no file is there: nothing, a folder,
+# a file used as a folder, a name too long, a loop of links.
+NO_FILE = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+NO_FILE_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP}
+
+
 def _prepare_uri(body: JobByUri, settings: Settings) -> Prepared:
     slide_uri = resolve_slide_uri(body.slide_uri, settings.slide_uri_root)
     labels_uri = None
     if body.labels_uri:
         labels_uri = resolve_slide_uri(body.labels_uri, settings.slide_uri_root)
-        with open_uri(labels_uri) as handle:
-            parse_labels(handle.read(MAX_LABELS_BYTES + 1))
-    header = probe_slide(slide_uri, body.mpp, settings.max_slide_pixels)
+        try:
+            with open_uri(labels_uri) as handle:
+                raw = handle.read(MAX_LABELS_BYTES + 1)
+        except OSError as exc:
+            raise _unreadable(exc, "labels") from None
+        parse_labels(raw)
+    try:
+        header = probe_slide(slide_uri, body.mpp, settings.max_slide_pixels)
+    except OSError as exc:
+        raise _unreadable(exc, "slide") from None
     return Prepared(slide_uri, None, header.format, body.mpp, labels_uri, created=[])
+
+
+def _unreadable(exc: OSError, what: str) -> Problem:
+    """The fixed answer for a named file that cannot be read (the OS error names the path)."""
+    if isinstance(exc, NO_FILE) or exc.errno in NO_FILE_ERRNOS:
+        return Problem(422, f"{what}-not-found", f"The {what}_uri names no file.")
+    return Problem(422, f"{what}-unreadable", f"The file the {what}_uri names cannot be read.")
 
 
 def _release(store: BlobStore, db: Any, created: list[str]) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
@@ -22,16 +22,51 @@ from idcscan.api.problems import Problem
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
+# Every key the API takes is a PostgreSQL `integer` (int4): a larger number names no row, and
+# handed to the database it fails there (int4/int8 range on PostgreSQL, OverflowError on SQLite).
+MAX_ID = 2**31 - 1
+ID_RULE = f"int(min=1, max={MAX_ID})"
+"""The URL converter of every `{id}` route: an id outside the range matches no route (404)."""
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+# Text that is stored or reaches a file system: no control characters (PostgreSQL refuses NUL in
+# text, a file system refuses it in a path, and a newline in a name forges log and CLI lines).
+Printable = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+
+
+def _fits_a_path(value: str | None) -> str | None:
+    """A URI whose path no file system can hold names no file: refuse it as invalid input
+    instead of letting the operating system's error (with the path in it) surface later."""
+    if value is None:
+        return None
+    encoded = value.encode()
+    if len(encoded) >= PATH_MAX_BYTES or any(
+        len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")
+    ):
+        raise ValueError("longer than a file system path may be")
+    return value
+
+
+PathLike = Annotated[Printable, AfterValidator(_fits_a_path)]
+
+
+def invalid_request(error: ValidationError) -> Problem:
+    """422 for a request that does not match its schema: where (`loc`) and which rule (`type`,
+    pydantic's stable name of the check) failed. pydantic's message is left out: it is library
+    text, and for a JSON body that does not parse it quotes the parser."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "type": e.get("type", "")}
+        for e in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
+    return Problem(422, "invalid-request", "The request does not match the schema.", errors=errors)
+
 
 def _reject_invalid(req: Any, resp: Any, req_validation_error: Any, instance: Any, *_: Any) -> None:
     if req_validation_error is not None:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
-            for e in req_validation_error.errors()
-        ]
-        raise Problem(
-            422, "invalid-request", "The request does not match the schema.", errors=errors
-        )
+        raise invalid_request(req_validation_error)
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -114,10 +149,10 @@ class JobByUri(BaseModel):
     """Submit a slide already on storage (JSON body). Uploads use multipart: see `SlideUpload`."""
 
     model_config = ConfigDict(extra="forbid")
-    slide_uri: str = Field(min_length=1, max_length=4096)
-    labels_uri: str | None = Field(default=None, max_length=4096)
+    slide_uri: PathLike = Field(min_length=1, max_length=PATH_MAX_BYTES)
+    labels_uri: PathLike | None = Field(default=None, max_length=PATH_MAX_BYTES)
     mpp: float | None = Field(default=None, gt=0, le=1000)
-    model_id: int | None = None
+    model_id: DbId | None = None
 
 
 class SlideUpload(BaseModel):
@@ -127,13 +162,13 @@ class SlideUpload(BaseModel):
     labels: bytes | None = Field(
         default=None, description="Ground truth: GeoJSON annotations or a tile-label CSV."
     )
-    mpp: float | None = Field(default=None, gt=0)
-    model_id: int | None = None
+    mpp: float | None = Field(default=None, gt=0, le=1000)
+    model_id: DbId | None = None
 
 
 class IdempotencyHeader(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
-    idempotency_key: str | None = Field(default=None, alias="Idempotency-Key", max_length=200)
+    idempotency_key: Printable | None = Field(default=None, alias="Idempotency-Key", max_length=200)
 
 
 class SlideResultOut(BaseModel):
@@ -199,7 +234,7 @@ class ModelList(BaseModel):
 
 class StatsQuery(BaseModel):
     period: Literal["day", "week", "month"] = "month"
-    model_id: int | None = None
+    model_id: DbId | None = None
     since: datetime | None = None
     until: datetime | None = None
 
@@ -218,7 +253,7 @@ class ConfusionStats(BaseModel):
 
 class ClientIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: Printable = Field(min_length=1, max_length=200)
     admin: bool = False
 
 

@@ -45,7 +45,7 @@ def test_readiness_fails_when_the_broker_is_down(serve, service_settings: Settin
 
 
 def _rule_to_openapi(rule: str) -> str:
-    return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule)
+    return re.sub(r"<(?:[^:>]+:)?([a-z_]+)>", r"{\1}", rule)
 
 
 def test_the_spec_validates_and_matches_the_routes(service: Service) -> None:
