@@ -57,7 +57,13 @@ def list_clients() -> Any:
 @accepts("application/json", detail="Send the new client as JSON.")
 @spec.validate(
     json=ClientIn,
-    resp=Resp(HTTP_201=ClientWithKey, HTTP_409=ProblemOut, HTTP_415=ProblemOut, **ADMIN_PROBLEMS),
+    resp=Resp(
+        HTTP_201=ClientWithKey,
+        HTTP_409=ProblemOut,
+        HTTP_413=ProblemOut,
+        HTTP_415=ProblemOut,
+        **ADMIN_PROBLEMS,
+    ),
     tags=["clients"],
 )
 def create_client() -> Any:

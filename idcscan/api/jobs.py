@@ -128,6 +128,8 @@ def submit() -> Any:
 
     if request.mimetype == "multipart/form-data":
         _check_length(settings)
+        # Before the body is first touched: the app-wide limit is for small JSON bodies.
+        request.max_content_length = _upload_allowance(settings)
         upload = receive_multipart(
             request.stream,
             request.content_type or "",
@@ -200,11 +202,16 @@ def _by_key(session: Session, key: str) -> Job | None:
     )
 
 
+def _upload_allowance(settings: Settings) -> int:
+    """The largest multipart body: the slide and the labels at their limits, plus framing."""
+    return settings.max_upload_bytes + MAX_LABELS_BYTES + 65536
+
+
 def _check_length(settings: Settings) -> None:
-    # Refuse an announced oversize body before reading it; multipart framing adds a few hundred
-    # bytes, the labels up to their own limit, so the exact check happens while streaming.
+    # Refuse an announced oversize body before reading it; the exact per-file checks happen while
+    # streaming, and a chunked body (no length announced) is cut off at the same allowance.
     length = request.content_length
-    if length is not None and length > settings.max_upload_bytes + MAX_LABELS_BYTES + 65536:
+    if length is not None and length > _upload_allowance(settings):
         raise InvalidInput("The upload is larger than allowed.", "upload-too-large")
 
 

@@ -84,7 +84,7 @@ def _http_code(exc: HTTPException) -> str:
     return {
         404: "not-found",
         405: "method-not-allowed",
-        413: "upload-too-large",
+        413: "body-too-large",
         429: "rate-limited",
     }.get(exc.code or 500, (exc.name or "error").lower().replace(" ", "-"))
 

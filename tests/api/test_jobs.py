@@ -52,6 +52,20 @@ def test_submit_poll_and_list(service: Service) -> None:
     assert job["id"].encode() in queued[0]
 
 
+def test_a_chunked_upload_is_accepted(service: Service) -> None:
+    head = b'--b\r\nContent-Disposition: form-data; name="slide"; filename="s.svs"\r\n\r\n'
+    slide = SAMPLE_SVS.read_bytes()
+    pieces = [head, *(slide[i : i + 100_000] for i in range(0, len(slide), 100_000))]
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    response = service.post(
+        "/v1/jobs", service.add_client(), data=iter([*pieces, b"\r\n--b--\r\n"]), headers=headers
+    )
+    assert response.status_code == 202, response.text
+    import hashlib
+
+    assert response.json()["slide_sha256"] == hashlib.sha256(slide).hexdigest()
+
+
 def test_the_same_slide_is_stored_once(service: Service) -> None:
     key = service.add_client()
     first = service.submit(key, SAMPLE_SVS, name="a.svs").json()

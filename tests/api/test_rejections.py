@@ -21,6 +21,22 @@ def test_oversize_upload_is_413(service: Service, tmp_path: Path) -> None:
     assert_rejected(service, service.submit(service.add_client(), big), 413, "upload-too-large")
 
 
+def test_oversize_chunked_upload_is_413(service: Service) -> None:
+    """No Content-Length to check up front: the limit applies while the body streams in."""
+    head = b'--b\r\nContent-Disposition: form-data; name="slide"; filename="s.svs"\r\n\r\n'
+    piece = b"\0" * (1 << 20)
+
+    def body():  # type: ignore[no-untyped-def]
+        yield head
+        for _ in range(service.settings.max_upload_bytes // len(piece) + 2):
+            yield piece
+        yield b"\r\n--b--\r\n"
+
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    response = service.post("/v1/jobs", service.add_client(), data=body(), headers=headers)
+    assert_rejected(service, response, 413, "upload-too-large")
+
+
 def test_a_non_slide_is_415(service: Service, tmp_path: Path) -> None:
     note = tmp_path / "note.svs"
     note.write_text("not a slide at all\n" * 100)
