@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from idcscan.api import logs
 from idcscan.api.auth import audit, caller
 from idcscan.api.probe import probe_slide
-from idcscan.api.problems import Problem, accepts, not_found
+from idcscan.api.problems import Problem, accepts, job_error_text, not_found
 from idcscan.api.queue import publish
 from idcscan.api.schemas import (
     MAX_ID,
@@ -70,7 +70,11 @@ def job_out(job: Job) -> JobOut:
         mpp=job.mpp,
         labelled=job.labels_uri is not None,
         attempts=job.attempts,
-        error=JobError(kind=job.error_kind, message=job.error_message) if job.error_kind else None,
+        error=JobError(
+            kind=job.error_kind, message=job_error_text(job.error_kind, job.error_message)
+        )
+        if job.error_kind
+        else None,
         created_at=aware(job.created_at),
         updated_at=aware(job.updated_at),
         started_at=aware(job.started_at),
@@ -242,7 +246,7 @@ def _mpp_field(value: str | None) -> float | None:
 def _model_for(session: Session, model_id: int | None) -> int:
     if model_id is not None:
         if session.get(Model, model_id) is None:
-            raise Problem(422, "unknown-model", f"No model {model_id}.")
+            raise Problem(422, "unknown-model", "No model has that model_id.")
         return model_id
     active = session.scalar(select(Model.id).where(Model.active))
     if active is None:

@@ -8,6 +8,7 @@ across gunicorn workers by prometheus-client's multiprocess mode when `idcscan a
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from idcscan.api.schemas import Health, SlideUpload, spec
 from idcscan.core.db import Job, JobStatus
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger(__name__)
 
 
 class JobCollector(Collector):
@@ -96,18 +98,22 @@ def healthz() -> Any:
 @spec.validate(resp=Resp(HTTP_200=Health, HTTP_503=Health), tags=["operations"], security={})
 def readyz() -> Any:
     """The database and the broker are reachable."""
+    # "unavailable", never the driver's exception (its class or text names the library and
+    # often the host); the reason is logged for operators.
     checks = {}
     try:
         with current_app.extensions["idcscan.engine"].connect() as connection:
             connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as exc:
-        checks["database"] = exc.__class__.__name__
+    except Exception:
+        log.warning("readiness: database unreachable", exc_info=True)
+        checks["database"] = "unavailable"
     try:
         ping_broker(current_app.extensions["idcscan.settings"])
         checks["broker"] = "ok"
-    except Exception as exc:
-        checks["broker"] = exc.__class__.__name__
+    except Exception:
+        log.warning("readiness: broker unreachable", exc_info=True)
+        checks["broker"] = "unavailable"
     ready = all(value == "ok" for value in checks.values())
     return Health(status="ok" if ready else "unavailable", checks=checks), 200 if ready else 503
 

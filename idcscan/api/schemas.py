@@ -10,6 +10,7 @@ the `before` hook below instead of spectree's own error body.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -19,6 +20,8 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
 from idcscan.api.problems import Problem
+
+log = logging.getLogger(__name__)
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -69,6 +72,16 @@ def _reject_invalid(req: Any, resp: Any, req_validation_error: Any, instance: An
         raise invalid_request(req_validation_error)
 
 
+def _refuse_invalid_response(
+    req: Any, resp: Any, resp_validation_error: Any, instance: Any, *_: Any
+) -> None:
+    # spectree would answer a 500 carrying pydantic's error list (values included).
+    if resp_validation_error is not None:
+        where = [e.get("loc") for e in resp_validation_error.errors(include_input=False)]
+        log.error("a response does not match its schema", extra={"locations": str(where)})
+        raise Problem(500, "internal", "Internal error; it has been logged.")
+
+
 def aware(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every timestamp idcscan writes is UTC."""
     if value is not None and value.tzinfo is None:
@@ -96,6 +109,7 @@ spec = SpecTree(
     mode="strict",
     annotations=True,
     before=_reject_invalid,
+    after=_refuse_invalid_response,
     validation_error_model=ProblemOut,
     security_schemes=[
         SecurityScheme(name="bearer", data=SecuritySchemeData(type="http", scheme="bearer")),  # type: ignore[arg-type]

@@ -116,7 +116,7 @@ def receive_multipart(
                     raise Problem(
                         400,
                         "malformed-upload",
-                        f"Unknown part `{event.name}`; expected slide, labels, mpp, model_id.",
+                        "Unknown part; expected slide, labels, mpp, model_id.",
                     )
                 elif isinstance(event, Data):
                     if sink is not None:
