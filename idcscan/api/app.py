@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -24,6 +24,16 @@ MAX_BODY_BYTES = 64 * 1024
 """Every request body but a slide upload: JSON bodies are a few hundred bytes. werkzeug enforces
 it on the stream, so a chunked body (no Content-Length) is cut off at the limit too; the upload
 route raises it for its own request (`jobs.submit`)."""
+
+
+def _security_headers(response: Response) -> Response:
+    """nosniff everywhere: a browser must never run a stored heatmap or GeoJSON as something else.
+    Everything under /v1 is one tenant's data (slides' results, keys when a client is made):
+    no cache, shared or private, may keep it."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.path.startswith("/v1/"):
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _json_body_within_limit() -> None:
@@ -69,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     limiter.init_app(app)
     app.extensions["idcscan.limiter"] = limiter
     app.before_request(_json_body_within_limit)
+    app.after_request(_security_headers)
 
     from idcscan.api import clients, jobs, models, ops, results, stats
 

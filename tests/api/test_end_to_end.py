@@ -120,7 +120,10 @@ def test_submit_score_and_fetch_everything(
         assert [b["jobs"] for b in stats["buckets"]] == [1]
         assert stats["buckets"][0]["confusion"]["tp"] == result["confusion"]["tp"]
 
-        metrics = requests.get(url + "/metrics", timeout=10).text
+        admin = idcscan_cli(env, "clients", "add", "ops", "--admin").strip().splitlines()[-1]
+        metrics = requests.get(
+            url + "/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=10
+        ).text
         assert 'idcscan_jobs{status="succeeded"} 1.0' in metrics
         assert "idcscan_tiles_scored_total" in metrics
         assert (
