@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Flask, Response, g, request
-from flask_limiter import Limiter
+from flask_limiter import HeaderNames, Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from idcscan.api import auth, logs, problems
 from idcscan.api.schemas import spec
@@ -14,10 +17,36 @@ from idcscan.core.db import make_engine, make_sessionmaker
 from idcscan.core.settings import Settings, get_settings
 
 
-def _rate_key() -> str:
-    """Limits count per client; a request that has no client yet counts per address."""
-    client_id = g.get("client_id")
-    return f"client:{client_id}" if client_id is not None else f"addr:{get_remote_address()}"
+def _address_key() -> str:
+    return f"addr:{get_remote_address()}"
+
+
+def _client_key() -> str:
+    return f"client:{g.client_id}"
+
+
+def _unlimited() -> bool:
+    """Health checks, the OpenAPI document: probes and load balancers call them freely."""
+    return request.endpoint in auth.PUBLIC_ENDPOINTS
+
+
+def _limiter(settings: Settings, key: Callable[[], str], limit: str, counts: str) -> Limiter:
+    """A limit of `limit` requests per `key`; `counts` names it in its headers and storage keys."""
+    headers = "X-RateLimit-" if counts == "client" else f"X-RateLimit-{counts.title()}-"
+    return Limiter(
+        key,
+        application_limits=[limit],
+        storage_uri=settings.rate_limit_storage_url,
+        headers_enabled=True,
+        # Each limit reports itself; Retry-After is shared and says the later of the two.
+        header_name_mapping={
+            HeaderNames.LIMIT: headers + "Limit",
+            HeaderNames.REMAINING: headers + "Remaining",
+            HeaderNames.RESET: headers + "Reset",
+        },
+        strategy="moving-window",
+        key_prefix=f"idcscan-{counts}",
+    )
 
 
 MAX_BODY_BYTES = 64 * 1024
@@ -64,20 +93,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["idcscan.db"] = make_sessionmaker(engine)
     app.extensions["idcscan.store"] = BlobStore(settings.storage)
 
-    # Order matters: the request id and timer first, then the caller, then the limit keyed by it.
+    if settings.trusted_proxies:
+        # The client address a trusted proxy saw, for the per-address limit and the logs.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+
+    # Order matters: the request id and timer first; the per-address limit before the key is
+    # even looked at (a flood of bad keys is limited), then the caller, then its own limit.
     logs.init_app(app)
     problems.init_app(app)
+    by_address = _limiter(settings, _address_key, settings.rate_limit_per_address, "address")
+    by_address.request_filter(_unlimited)
+    by_address.init_app(app)
     auth.init_app(app)
-    limiter = Limiter(
-        _rate_key,
-        application_limits=[settings.rate_limit],
-        storage_uri=settings.rate_limit_storage_url,
-        headers_enabled=True,
-        strategy="moving-window",
-    )
-    limiter.request_filter(lambda: request.endpoint in auth.PUBLIC_ENDPOINTS)
-    limiter.init_app(app)
-    app.extensions["idcscan.limiter"] = limiter
+    by_client = _limiter(settings, _client_key, settings.rate_limit, "client")
+    by_client.request_filter(lambda: _unlimited() or g.get("client_id") is None)
+    by_client.init_app(app)
+    app.extensions["idcscan.limiters"] = (by_address, by_client)
     app.before_request(_json_body_within_limit)
     app.after_request(_security_headers)
 

@@ -19,7 +19,11 @@ def register(subparsers: Any) -> None:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument(
-        "--workers", type=int, default=0, help="processes; 0 means 2 x CPUs + 1, at most 8"
+        "--workers",
+        type=int,
+        default=0,
+        help="processes; 0 means 2 x CPUs + 1, at most 8 (1 when rate limits can only be "
+        "counted in memory: no redis:// rate-limit storage or broker)",
     )
     api.add_argument("--threads", type=int, default=4, help="threads per process")
     api.set_defaults(func=_serve)
