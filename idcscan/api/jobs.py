@@ -1,7 +1,9 @@
 """Jobs: submit a slide (upload or `slide_uri`), poll one job, list the client's jobs, cancel.
 
 Submission order: stage and hash the upload, probe its header, store it under its hash, commit
-the job row (with its audit event), and only then publish the id. An `Idempotency-Key` is
+the job row (with its audit event), and only then publish the id. An `Idempotency-Key` names one
+request: the job stores a fingerprint of what was asked (`request_fingerprint`), a retry that asks
+the same gets the first job back and one that asks something else is refused (422). It is
 race-safe through the unique index on (client_id, idempotency_key): the loser of a race catches
 the IntegrityError and answers with the winner's job.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import errno
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -113,7 +117,13 @@ class Prepared:
     json=JobByUri,
     headers=IdempotencyHeader,
     resp=Resp(
-        HTTP_202=JobOut, HTTP_413=ProblemOut, HTTP_415=ProblemOut, HTTP_409=ProblemOut, **PROBLEMS
+        HTTP_202=JobOut,
+        HTTP_400=ProblemOut,
+        HTTP_409=ProblemOut,
+        HTTP_413=ProblemOut,
+        HTTP_415=ProblemOut,
+        HTTP_422=ProblemOut,
+        **PROBLEMS,
     ),
     tags=["jobs"],
 )
@@ -124,11 +134,6 @@ def submit() -> Any:
     store: BlobStore = current_app.extensions["idcscan.store"]
     db = current_app.extensions["idcscan.db"]
     key = request.headers.get("Idempotency-Key") or None
-    if key is not None:
-        with db() as session:
-            existing = _by_key(session, key)
-        if existing is not None:
-            return _accepted(existing, replayed=True)
 
     if request.mimetype == "multipart/form-data":
         _check_length(settings)
@@ -142,12 +147,27 @@ def submit() -> Any:
         )
         try:
             model_id = _id_field(upload.fields.get("model_id"), "model_id")
-            prepared = _prepare_upload(upload, settings, store)
+            mpp = _mpp_field(upload.fields.get("mpp"))
+            labels = upload.files.get("labels")
+            fingerprint = request_fingerprint(
+                slide_sha256=upload.files["slide"].sha256,
+                labels_sha256=labels.sha256 if labels else None,
+                mpp=mpp,
+                model_id=model_id,
+            )
+            if (replayed := _replay(db, key, fingerprint)) is not None:
+                return replayed
+            prepared = _prepare_upload(upload, mpp, settings, store)
         finally:
             upload.discard()
     else:  # JSON, checked by `accepts` and validated by spectree
         body: JobByUri = request.context.json  # type: ignore[attr-defined]
         model_id = body.model_id
+        fingerprint = request_fingerprint(
+            slide_uri=body.slide_uri, labels_uri=body.labels_uri, mpp=body.mpp, model_id=model_id
+        )
+        if (replayed := _replay(db, key, fingerprint)) is not None:
+            return replayed
         prepared = _prepare_uri(body, settings)
 
     job = Job(
@@ -159,6 +179,7 @@ def submit() -> Any:
         mpp=prepared.mpp,
         labels_uri=prepared.labels_uri,
         idempotency_key=key,
+        request_sha256=fingerprint,
     )
     try:
         with transaction(db) as session:
@@ -175,11 +196,9 @@ def submit() -> Any:
             )
     except BaseException as exc:
         _release(store, db, prepared.created)
-        if key is not None and isinstance(exc, IntegrityError):
-            with db() as session:
-                winner = _by_key(session, key)
-            if winner is not None:  # a concurrent retry committed first
-                return _accepted(winner, replayed=True)
+        # A concurrent request under the same key committed first: its job, if it asked the same.
+        if isinstance(exc, IntegrityError) and (replayed := _replay(db, key, fingerprint)):
+            return replayed
         raise
     g.job_id = str(job.id)
     log.info("job accepted", extra=logs.context())
@@ -198,6 +217,33 @@ def _accepted(job: Job, replayed: bool) -> tuple[JobOut, int, dict[str, str]]:
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return job_out(job), 202, headers
+
+
+def request_fingerprint(**asked: object) -> str:
+    """SHA-256 of what a submission asks for: the slide and labels (by content for an upload, by
+    URI as given otherwise), the pixel size and the model. Two requests that ask the same agree."""
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(
+    db: Any, key: str | None, fingerprint: str
+) -> tuple[JobOut, int, dict[str, str]] | None:
+    """The job an earlier request under `key` created, if any; a different request under the
+    same key is refused (422). A job from before fingerprints were stored is replayed as before."""
+    if key is None:
+        return None
+    with db() as session:
+        existing = _by_key(session, key)
+    if existing is None:
+        return None
+    if existing.request_sha256 not in (None, fingerprint):
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "This Idempotency-Key was sent before with a different request; use a new key.",
+        )
+    return _accepted(existing, replayed=True)
 
 
 def _by_key(session: Session, key: str) -> Job | None:
@@ -254,8 +300,9 @@ def _model_for(session: Session, model_id: int | None) -> int:
     return active
 
 
-def _prepare_upload(upload: Upload, settings: Settings, store: BlobStore) -> Prepared:
-    mpp = _mpp_field(upload.fields.get("mpp"))
+def _prepare_upload(
+    upload: Upload, mpp: float | None, settings: Settings, store: BlobStore
+) -> Prepared:
     slide = upload.files["slide"]
     header = probe_slide(slide.path, mpp, settings.max_slide_pixels)
     labels = upload.files.get("labels")
