@@ -16,6 +16,11 @@ from idcscan.api.storage import BlobStore
 from idcscan.core.db import make_engine, make_sessionmaker
 from idcscan.core.settings import Settings, get_settings
 
+MAX_BODY_BYTES = 64 * 1024
+"""Every request body but a slide upload: JSON bodies are a few hundred bytes. werkzeug enforces
+it on the stream, so a chunked body (no Content-Length) is cut off at the limit too; the upload
+route raises it for its own request (`jobs.submit`)."""
+
 
 def _address_key() -> str:
     return f"addr:{get_remote_address()}"
@@ -47,12 +52,6 @@ def _limiter(settings: Settings, key: Callable[[], str], limit: str, counts: str
         strategy="moving-window",
         key_prefix=f"idcscan-{counts}",
     )
-
-
-MAX_BODY_BYTES = 64 * 1024
-"""Every request body but a slide upload: JSON bodies are a few hundred bytes. werkzeug enforces
-it on the stream, so a chunked body (no Content-Length) is cut off at the limit too; the upload
-route raises it for its own request (`jobs.submit`)."""
 
 
 def _security_headers(response: Response) -> Response:
@@ -94,7 +93,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["idcscan.store"] = BlobStore(settings.storage)
 
     if settings.trusted_proxies:
-        # The client address a trusted proxy saw, for the per-address limit and the logs.
+        # The client address a trusted proxy saw, for the per-address limit.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
 
     # Order matters: the request id and timer first; the per-address limit before the key is

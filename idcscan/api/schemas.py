@@ -11,11 +11,20 @@ the `before` hook below instead of spectree's own error body.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
@@ -54,6 +63,19 @@ def _fits_a_path(value: str | None) -> str | None:
 
 
 PathLike = Annotated[Printable, AfterValidator(_fits_a_path)]
+
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    """What the document promises (`format: date-time`): pydantic alone would also take a number
+    as a Unix timestamp, a bare date, or a time without its offset."""
+    if isinstance(value, str) and not RFC3339.fullmatch(value):
+        raise ValueError("not an RFC 3339 date-time with its offset")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 
 
 def invalid_request(error: ValidationError) -> Problem:
@@ -249,8 +271,8 @@ class ModelList(BaseModel):
 class StatsQuery(BaseModel):
     period: Literal["day", "week", "month"] = "month"
     model_id: DbId | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    since: DateTime | None = None
+    until: DateTime | None = None
 
 
 class ConfusionBucket(BaseModel):

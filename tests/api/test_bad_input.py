@@ -121,3 +121,30 @@ def test_a_labels_uri_that_names_no_file_is_422(service: Service, labels: str) -
         "/v1/jobs", service.add_client(), json={"slide_uri": "case.tiff", "labels_uri": labels}
     )
     assert_rejected(service, response, 422, "labels-not-found")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "-398",
+        "1700000000",
+        "2026-10-02",
+        "2026-10-02T00:00:00",
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+    ],
+)
+def test_a_period_bound_must_be_a_date_time_with_its_offset(service: Service, value: str) -> None:
+    """The document promises RFC 3339 date-times; a number was taken as a Unix timestamp and a
+    date or a time without offset as something the client may not have meant."""
+    key = service.add_client()
+    for bound in ("since", "until"):
+        response = service.get("/v1/stats/confusion", key, params={bound: value})
+        assert response.status_code == 422, (bound, value, response.text)
+        assert response.json()["type"] == "urn:idcscan:problem:invalid-request"
+    assert (
+        service.get(
+            "/v1/stats/confusion", key, params={"since": "2026-10-02T00:00:00+02:00"}
+        ).status_code
+        == 200
+    )
