@@ -72,10 +72,18 @@ def _named(session: Any, name: str) -> Any:
 
 
 def _clients_add(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
     from sqlalchemy.exc import IntegrityError
 
     from idcscan.api.auth import add_client
+    from idcscan.api.schemas import ClientIn
 
+    try:  # the names the API takes (`POST /v1/clients`), no others
+        ClientIn(name=args.name, admin=args.admin)
+    except ValidationError:
+        raise ValueError(
+            "a client name is 1 to 200 characters, none of them a control character"
+        ) from None
     try:
         with _transaction() as session:
             client, key = add_client(session, args.name, args.admin)
