@@ -52,10 +52,10 @@ def markdown_table(rows: list[dict[str, Any]], best: str, criterion: str) -> str
     return "\n".join(lines) + "\n"
 
 
-def _mean_sd(entry: dict[str, float | None]) -> str:
+def _mean_sd(entry: dict[str, float | None], digits: int = 3) -> str:
     if entry["mean"] is None:
         return "-"
-    return f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+    return f"{entry['mean']:.{digits}f} ± {entry['sd']:.{digits}f}"
 
 
 CV_COLUMNS = (
@@ -76,7 +76,7 @@ def cv_table(models: list[dict[str, Any]], best: str) -> list[str]:
     for row in models:
         cv, pooled = row["cv"], row["cv"]["pooled"]
         name = row["name"] + (" *" if row["name"] == best else "")
-        cells = [name, *(_mean_sd(cv[k]) for k, _ in CV_COLUMNS)]
+        cells = [name, *(_mean_sd(cv[k], 0 if k == "fn" else 3) for k, _ in CV_COLUMNS)]
         cells.append(f"{pooled['tp']} / {pooled['fp']} / {pooled['tn']} / **{pooled['fn']}**")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -370,6 +370,7 @@ def model_card(report: dict[str, Any], metrics: dict[str, Any]) -> str:
         "",
         "```",
         reproduce_command(report["settings"]),
+        f"idcscan slide-rule {report['settings']['out']} --data <IDC dataset>",
         f"cp {report['settings']['out']}/best.onnx idcscan/models/idc-reference.onnx",
         "```",
         "",
