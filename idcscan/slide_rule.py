@@ -88,9 +88,9 @@ def update_spec(model_path: Path, **changes: Any) -> TileSpec:
 
 
 def plot(slides: list[dict[str, Any]], min_area: float, path: Path) -> None:
-    from idcscan.trainer.report import _pyplot
+    from idcscan.trainer.report import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     whole = sorted((s for s in slides if s["kind"] == "whole"), key=lambda s: s["idc_area_mm2"])
     benign = {s["patient"]: s for s in slides if s["kind"] == "benign"}
     fig, ax = plt.subplots(figsize=(9, 4))

@@ -120,7 +120,7 @@ def comparison_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,7 +130,7 @@ def _pyplot() -> Any:
 
 
 def plot_confusion(figures: dict[str, Any], path: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.array([[figures["tn"], figures["fp"]], [figures["fn"], figures["tp"]]])
     fig, ax = plt.subplots(figsize=(4.0, 3.6))
     ax.imshow(matrix, cmap="Blues")
@@ -152,7 +152,7 @@ def plot_confusion(figures: dict[str, Any], path: Path, title: str) -> None:
 
 def plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str) -> None:
     """ROC and precision-recall curves of several models on one split, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4))
     for name, (labels, scores) in curves.items():
         fpr, tpr, _ = roc_curve(labels, scores)
