@@ -1,0 +1,63 @@
+"""Fixtures of the fault tests: servers of the test's own, which the test may stop and kill."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from tests.faults.servers import PostgresCluster, RedisServer
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One cluster per test session (initdb takes seconds); each test gets a database of its own."""
+    cluster = PostgresCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def own_postgres(pg_cluster: PostgresCluster) -> Iterator[tuple[PostgresCluster, str]]:
+    """The cluster, running, and the URL of a fresh database on it; started again if a test left
+    it stopped."""
+    if not pg_cluster.running():
+        pg_cluster.start()
+    name = f"faults_{uuid.uuid4().hex[:12]}"
+    _admin(pg_cluster, f'CREATE DATABASE "{name}"')
+    url = make_url(pg_cluster.url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield pg_cluster, url
+    finally:
+        if not pg_cluster.running():
+            pg_cluster.start()
+        _admin(pg_cluster, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin(cluster: PostgresCluster, statement: str) -> None:
+    # A fresh engine each time: a pooled connection would not survive the test's restarts.
+    admin = create_engine(cluster.url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+# The API tests' real HTTP server, for the fault tests that take the database away from it.
+from tests.api.conftest import serve  # noqa: E402, F401

@@ -1,0 +1,76 @@
+"""PostgreSQL down under a running API: every `/v1` route answers 503 problem+json with
+`Retry-After`, one warning line per request (no traceback), and the API recovers by itself once
+the database is back."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from idcscan.core.migrate import upgrade
+from idcscan.core.settings import Settings, get_settings
+from tests.api.conftest import Service
+from tests.faults.servers import PostgresCluster, RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+def _v1_routes(service: Service) -> list[tuple[str, str]]:
+    """Every (method, path) the app serves under /v1, its parameters filled in."""
+    from idcscan.api.app import create_app
+
+    app = create_app(service.settings)
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/v1"):
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?job_id>", str(uuid.uuid4()), rule.rule)
+        path = re.sub(r"<(?:[a-z]+:)?[a-z_]+>", "1", path)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            routes.append((method, path))
+    app.extensions["idcscan.engine"].dispose()
+    return routes
+
+
+def test_database_down_answers_503_on_every_route(
+    own_postgres: tuple[PostgresCluster, str],
+    own_redis: RedisServer,
+    serve: Callable[[Settings], Service],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster, url = own_postgres
+    upgrade(url)
+    service = serve(
+        get_settings(data_dir=tmp_path / "data", database_url=url, broker_url=own_redis.url)
+    )
+    key = service.add_client()
+    assert service.get("/v1/jobs", key).status_code == 200
+    routes = _v1_routes(service)
+    assert len(routes) >= 10
+
+    cluster.stop("fast")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for method, path in routes:
+            response = service.post(path, key) if method == "POST" else service.get(path, key)
+            assert response.status_code == 503, (method, path, response.text)
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert int(response.headers["Retry-After"]) > 0
+            body = response.json()
+            assert body["type"] == "urn:idcscan:problem:database-unavailable", (method, path)
+            assert body["detail"] == "The database is unavailable; retry later."
+            assert "psycopg" not in response.text and str(cluster.port) not in response.text
+    tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert tracebacks == []
+    warnings = [r for r in caplog.records if r.getMessage() == "database unavailable"]
+    assert len(warnings) == len(routes)
+
+    cluster.start()
+    assert service.get("/v1/jobs", key).status_code == 200
+    assert service.get("/healthz").status_code == 200
