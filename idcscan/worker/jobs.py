@@ -15,9 +15,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +37,7 @@ from idcscan.core.db import (
 from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import GroundTruth, parse_labels
 from idcscan.core.onnxmodel import OnnxModel
+from idcscan.core.outage import unavailable
 from idcscan.core.settings import Settings
 from idcscan.core.slides import open_slide
 from idcscan.core.storage import Storage, as_local_file, open_uri
@@ -49,6 +51,11 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.25
 # Tile scores per INSERT statement.
 INSERT_CHUNK = 5000
+# First and longest pause between tries of a job's ending while the database is unreachable.
+OUTAGE_RETRY_FIRST_S = 0.2
+OUTAGE_RETRY_MAX_S = 5.0
+
+T = TypeVar("T")
 
 
 def results_prefix(job_id: uuid.UUID) -> str:
@@ -237,7 +244,7 @@ class JobRunner:
                 }
                 if heartbeat.stopped():
                     raise Cancelled()
-            return self._succeed(claim, score, uris)
+            return self._through_outage(claim, lambda: self._succeed(claim, score, uris))
         except Cancelled:
             self._discard(claim)
             log.info("job %s: stopped (cancelled or lease taken over)", job_id)
@@ -254,9 +261,67 @@ class JobRunner:
             )
             return "failed"
         except Exception as exc:
+            if unavailable(exc) is not None:
+                return self._release(claim)
             log.exception("job %s: internal error", job_id)
             self._fail(claim, ErrorKind.INTERNAL, f"internal error: {exc.__class__.__name__}")
             return "failed"
+
+    def _through_outage(self, claim: Claim, ending: Callable[[], T]) -> T:
+        """`ending()`, tried again while the database is unreachable, for as long as a lease.
+
+        An ending is one transaction conditional on this worker's lease, so trying it again is
+        safe: it commits once, or finds the job taken over (after the lease ran out) and does
+        nothing. A brief outage (a restart, a failover, a dropped connection) costs the job a
+        few seconds instead of an attempt or a `failed` it did not deserve.
+        """
+        deadline = time.monotonic() + self.settings.lease_s
+        pause = OUTAGE_RETRY_FIRST_S
+        while True:
+            try:
+                return ending()
+            except Exception as exc:
+                what = unavailable(exc)
+                if what is None or time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "job %s: %s unavailable while finishing; trying again in %.1f s",
+                    claim.job_id,
+                    what,
+                    pause,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, OUTAGE_RETRY_MAX_S)
+
+    def _release(self, claim: Claim) -> str:
+        """Our own outage outlasted the retries: give the job back to the queue, the attempt
+        refunded, its partial files removed; the reconciler publishes it again. If even that
+        cannot reach the database, the lease runs out and the reconciler requeues the job."""
+        self.storage.delete(results_prefix(claim.job_id))
+        try:
+            with transaction(self.sessions) as session:
+                session.execute(
+                    update(Job)
+                    .where(
+                        Job.id == claim.job_id,
+                        Job.lease_owner == claim.owner,
+                        Job.status == JobStatus.RUNNING.value,
+                    )
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        attempts=Job.attempts - 1,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        tiles_done=0,
+                    )
+                )
+        except Exception as exc:
+            if unavailable(exc) is None:
+                raise
+            log.warning("job %s: database unavailable; left to the lease", claim.job_id)
+            return "deferred"
+        log.warning("job %s: database unavailable; job given back to the queue", claim.job_id)
+        return "released"
 
     def _stored(self, uri: str, folder: str, what: str, code: str) -> str:
         """`uri` if it names a blob the API stored; refused otherwise.

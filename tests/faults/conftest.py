@@ -9,7 +9,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+# The API tests' real HTTP server and the worker tests' tiny ONNX model and job rows, shared.
+from tests.api.conftest import serve  # noqa: F401
 from tests.faults.servers import PostgresCluster, RedisServer
+from tests.worker.conftest import make_job, tiny_model  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +60,3 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.remove()
-
-
-# The API tests' real HTTP server, for the fault tests that take the database away from it.
-from tests.api.conftest import serve  # noqa: E402, F401

@@ -28,7 +28,9 @@ def _as_postgres(argv: list[str]) -> list[str]:
 
 
 class PostgresCluster:
-    """A throwaway PostgreSQL cluster (trust auth, no fsync) on 127.0.0.1:`port`."""
+    """A throwaway PostgreSQL cluster (trust auth) on 127.0.0.1:`port`. No fsync (a crash of
+    the server process loses nothing, only one of the machine would), but commits are synchronous:
+    `stop("immediate")` must not lose a committed row."""
 
     def __init__(self) -> None:
         if not (PG_BIN / "initdb").exists():
@@ -65,7 +67,7 @@ class PostgresCluster:
     def start(self) -> None:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            "-c fsync=off -c full_page_writes=off"
         )
         self._run(
             PG_BIN / "pg_ctl",
