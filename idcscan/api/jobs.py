@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request, url_for
 from spectree import Response as Resp
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,7 +48,8 @@ from idcscan.api.upload import (
     resolve_slide_uri,
     stage_shared_file,
 )
-from idcscan.core.db import Job, JobStatus, Model, transaction, utcnow
+from idcscan.core import jobstate
+from idcscan.core.db import Job, Model, transaction, utcnow
 from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import parse_labels
 from idcscan.core.settings import Settings
@@ -351,24 +352,21 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 @bp.post("/jobs/<uuid:job_id>/cancel")
 @spec.validate(resp=Resp(HTTP_200=JobOut, HTTP_409=ProblemOut, **PROBLEMS), tags=["jobs"])
 def cancel_job(job_id: uuid.UUID) -> Any:
-    """Cancel a queued or running job; the worker stops at its next check of the job's status."""
-    unfinished = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+    """Cancel a queued or running job; the worker stops at its next check of the job's status
+    and nothing of the job's results is kept."""
+    store: BlobStore = current_app.extensions["idcscan.store"]
     with transaction(current_app.extensions["idcscan.db"]) as session:
         job = own_job(session, job_id)
-        now = utcnow()
-        # Conditional, so that a worker finishing at this instant is never overwritten.
-        changed = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status.in_(unfinished))
-            .values(status=JobStatus.CANCELLED.value, finished_at=now, updated_at=now)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        ).first()
-        if changed is None:
+        # Conditional, so that a worker finishing at this instant is never overwritten; the
+        # answer is the state after the update, read again, never the one read before it.
+        if not jobstate.cancel(session, job.id, now=utcnow()):
+            status_now = jobstate.status_of(session, job.id)
             raise Problem(
-                409, "job-finished", f"The job is already {job.status}.", status_now=job.status
+                409, "job-finished", f"The job is already {status_now}.", status_now=status_now
             )
         audit(session, caller().id, "job.cancel", "job", job.id)
+    # Files a worker wrote before the cancel (one still running removes its own as it stops).
+    store.storage.delete(jobstate.results_prefix(job_id))
     with current_app.extensions["idcscan.db"]() as session:
         job = own_job(session, job_id)
         log.info("job cancelled", extra=logs.context())

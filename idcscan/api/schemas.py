@@ -19,8 +19,10 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
 from idcscan.api.problems import Problem
+from idcscan.core.db import JobStatus
 
-JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# A job's status names are the database's own enum, so a new state is added in one place.
+JobStatusName = JobStatus
 
 
 def _reject_invalid(req: Any, resp: Any, req_validation_error: Any, instance: Any, *_: Any) -> None:

@@ -17,12 +17,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from idcscan.core import jobstate
 from idcscan.core.db import (
     ConfusionStat,
     ErrorKind,
@@ -43,7 +43,6 @@ from idcscan.core.slides import open_slide
 from idcscan.core.storage import Storage, as_local_file, open_uri
 from idcscan.worker import outputs
 from idcscan.worker.pipeline import Cancelled, SlideScore, score_slide
-from idcscan.worker.reconciler import out_of_attempts
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,7 @@ OUTAGE_RETRY_MAX_S = 5.0
 T = TypeVar("T")
 
 
-def results_prefix(job_id: uuid.UUID) -> str:
-    return f"results/{job_id}"
+results_prefix = jobstate.results_prefix
 
 
 def worker_identity() -> str:
@@ -126,19 +124,17 @@ class Heartbeat:
         return self.lost.is_set()
 
     def _write(self) -> None:
-        values: dict[str, Any] = {"tiles_done": self.done, "tiles_total": self.total}
-        values["lease_expires_at"] = utcnow() + timedelta(seconds=self.lease_s)
         with transaction(self.sessions) as session:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == self.claim.job_id,
-                    Job.lease_owner == self.claim.owner,
-                    Job.status == JobStatus.RUNNING.value,
-                )
-                .values(**values)
+            held = jobstate.renew(
+                session,
+                self.claim.job_id,
+                self.claim.owner,
+                lease_s=self.lease_s,
+                now=utcnow(),
+                tiles_done=self.done,
+                tiles_total=self.total,
             )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if not held:
             self.lost.set()
         self._written = (self.done, self.total)
         self._renewed = time.monotonic()
@@ -168,9 +164,10 @@ class JobRunner:
         sessions: sessionmaker[Session],
         models: ModelCache,
         timeout_errors: tuple[type[BaseException], ...] = (),
+        storage: Storage | None = None,
     ) -> None:
         self.settings, self.sessions, self.models = settings, sessions, models
-        self.storage = Storage(settings.storage)
+        self.storage = storage or Storage(settings.storage)
         self.timeout_errors = timeout_errors
 
     # -- claim ------------------------------------------------------------------------------
@@ -179,31 +176,15 @@ class JobRunner:
         """Take the job if it is queued (or its lease expired) and attempts remain; None to skip."""
         owner = worker_identity()
         now = utcnow()
-        claimable = (Job.status == JobStatus.QUEUED.value) | (
-            (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
-        )
         with transaction(self.sessions) as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, claimable, Job.attempts < self.settings.max_attempts)
-                .values(
-                    status=JobStatus.RUNNING.value,
-                    attempts=Job.attempts + 1,
-                    lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=self.settings.lease_s),
-                    tiles_done=0,
-                    error_kind=None,
-                    error_message=None,
-                )
-            )
-            if result.rowcount == 0:  # type: ignore[attr-defined]
-                # Out of attempts: every earlier attempt lost its worker (a crash, a kill, a
-                # decoder that takes the process down). End it rather than loop.
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, claimable, Job.attempts >= self.settings.max_attempts)
-                    .values(**out_of_attempts(self.settings.max_attempts, now))
-                )
+            if not jobstate.claim(
+                session,
+                job_id,
+                owner,
+                lease_s=self.settings.lease_s,
+                max_attempts=self.settings.max_attempts,
+                now=now,
+            ):
                 return None
             job = session.get(Job, job_id)
             assert job is not None
@@ -300,21 +281,7 @@ class JobRunner:
         self.storage.delete(results_prefix(claim.job_id))
         try:
             with transaction(self.sessions) as session:
-                session.execute(
-                    update(Job)
-                    .where(
-                        Job.id == claim.job_id,
-                        Job.lease_owner == claim.owner,
-                        Job.status == JobStatus.RUNNING.value,
-                    )
-                    .values(
-                        status=JobStatus.QUEUED.value,
-                        attempts=Job.attempts - 1,
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        tiles_done=0,
-                    )
-                )
+                jobstate.release(session, claim.job_id, claim.owner, now=utcnow())
         except Exception as exc:
             if unavailable(exc) is None:
                 raise
@@ -365,37 +332,28 @@ class JobRunner:
 
     # -- endings ----------------------------------------------------------------------------
 
-    def _finish(self, session: Session, claim: Claim, **values: Any) -> bool:
-        """Move the job out of `running`, only if this worker still holds it; locks the row."""
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == claim.job_id,
-                Job.lease_owner == claim.owner,
-                Job.status == JobStatus.RUNNING.value,
-            )
-            .values(lease_owner=None, lease_expires_at=None, finished_at=utcnow(), **values)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
     def _succeed(self, claim: Claim, score: SlideScore, uris: dict[str, str]) -> str:
         summary = score.summary
         with transaction(self.sessions) as session:
-            if not self._finish(
+            if not jobstate.finish(
                 session,
-                claim,
-                status=JobStatus.SUCCEEDED.value,
+                claim.job_id,
+                claim.owner,
+                JobStatus.SUCCEEDED,
+                now=utcnow(),
                 tiles_done=len(score.rows),
                 tiles_total=len(score.rows),
             ):
+                # Cancelled while the outputs were stored (the files go), or taken over after
+                # the lease ran out (the files are the new owner's to rewrite).
                 session.rollback()
+                if self._discard(claim):
+                    log.info("job %s: cancelled before its results were committed", claim.job_id)
+                    return "cancelled"
                 log.info(
                     "job %s: lease lost before commit; results left to the new owner", claim.job_id
                 )
                 return "lost"
-            # A rerun replaces what an earlier attempt wrote, never adds to it.
-            for table in (TileScore, SlideResult, ConfusionStat):
-                session.execute(delete(table).where(table.job_id == claim.job_id))
             write_tile_scores(session, claim.job_id, score)
             session.add(
                 SlideResult(
@@ -436,26 +394,32 @@ class JobRunner:
         return "succeeded"
 
     def _fail(self, claim: Claim, kind: ErrorKind, message: str) -> None:
-        with transaction(self.sessions) as session:
-            owned = self._finish(
-                session,
-                claim,
-                status=JobStatus.FAILED.value,
-                error_kind=kind.value,
-                error_message=message,
-            )
-            if owned:
-                for table in (TileScore, SlideResult, ConfusionStat):
-                    session.execute(delete(table).where(table.job_id == claim.job_id))
-        if owned:
-            self.storage.delete(results_prefix(claim.job_id))
+        def fail() -> bool:
+            with transaction(self.sessions) as session:
+                return jobstate.finish(
+                    session,
+                    claim.job_id,
+                    claim.owner,
+                    JobStatus.FAILED,
+                    now=utcnow(),
+                    error_kind=kind.value,
+                    error_message=message,
+                )
 
-    def _discard(self, claim: Claim) -> None:
-        """After a stop: remove files only if the job really is cancelled (not taken over)."""
-        with self.sessions() as session:
-            status = session.scalar(select(Job.status).where(Job.id == claim.job_id))
-        if status == JobStatus.CANCELLED.value:
+        if self._through_outage(claim, fail):
             self.storage.delete(results_prefix(claim.job_id))
+        else:
+            self._discard(claim)
+
+    def _discard(self, claim: Claim) -> bool:
+        """After a stop: remove the files only if the job really is cancelled (a job taken over
+        is the new owner's, who rewrites them). True when it was cancelled."""
+        with self.sessions() as session:
+            status = jobstate.status_of(session, claim.job_id)
+        if status is not None and jobstate.clears_results(status):
+            self.storage.delete(results_prefix(claim.job_id))
+            return True
+        return False
 
 
 def write_tile_scores(session: Session, job_id: uuid.UUID, score: SlideScore) -> None:

@@ -19,14 +19,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from idcscan.core import jobstate
 from idcscan.core.db import (
-    ErrorKind,
     Job,
     JobStatus,
     make_engine,
@@ -47,45 +46,13 @@ class Reconciled:
     failed: list[uuid.UUID]
 
 
-def out_of_attempts(max_attempts: int, now: datetime) -> dict[str, Any]:
-    """The values that end a job whose worker was lost on every attempt (the claim and the
-    reconciler both end jobs this way)."""
-    return {
-        "status": JobStatus.FAILED.value,
-        "error_kind": ErrorKind.WORKER_LOST.value,
-        "error_message": f"the worker was lost {max_attempts} times while scoring this slide",
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "finished_at": now,
-    }
-
-
 def reconcile(
     settings: Settings, sessions: sessionmaker[Session], publish: Callable[[uuid.UUID], None]
 ) -> Reconciled:
     now = utcnow()
-    expired = (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
     with transaction(sessions) as session:
-        failed = list(
-            session.scalars(
-                update(Job)
-                .where(expired, Job.attempts >= settings.max_attempts)
-                .values(**out_of_attempts(settings.max_attempts, now))
-                .returning(Job.id)
-            )
-        )
-        requeued = list(
-            session.scalars(
-                update(Job)
-                .where(expired)
-                .values(
-                    status=JobStatus.QUEUED.value,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-                .returning(Job.id)
-            )
+        requeued, failed = jobstate.requeue_lost(
+            session, max_attempts=settings.max_attempts, now=now
         )
         stale = list(
             session.scalars(

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 # The API tests' real HTTP server and the worker tests' tiny ONNX model and job rows, shared.
-from tests.api.conftest import serve  # noqa: F401
+from tests.api.conftest import serve, service_settings  # noqa: F401
 from tests.faults.servers import PostgresCluster, RedisServer
 from tests.worker.conftest import make_job, tiny_model  # noqa: F401
 
