@@ -27,6 +27,16 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_TEST_URL = os.environ.get("IDCSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `fuzz` run only when asked for (`pytest -m fuzz`): they take minutes."""
+    if "fuzz" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="thorough fuzzing; run with -m fuzz")
+    for item in items:
+        if item.get_closest_marker("fuzz"):
+            item.add_marker(skip)
+
+
 def service_missing(reason: str) -> None:
     """Skip with a visible reason; under CI a missing service is a failure."""
     if IN_CI:

@@ -139,7 +139,7 @@ def admin_required(view: F) -> F:
     return cast(F, wrapper)
 
 
-PUBLIC_ENDPOINTS = {"ops.healthz", "ops.readyz", "ops.metrics", "ops.openapi", "ops.docs", "static"}
+PUBLIC_ENDPOINTS = {"ops.healthz", "ops.readyz", "ops.openapi", "ops.docs", "static"}
 
 
 def init_app(app: Flask) -> None:

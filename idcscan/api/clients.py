@@ -1,4 +1,7 @@
-"""Client management over HTTP (admin key): list, create, revoke, rotate. Keys are shown once."""
+"""Client management over HTTP (admin key): list, create, revoke, rotate. Keys are shown once.
+
+The admin check wraps each view outside its schema validation: a client that may not call a
+route learns that (403) before anything about the body it sent (422)."""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from sqlalchemy.exc import IntegrityError
 
 from idcscan.api.auth import add_client, admin_required, caller, revoke_client, rotate_key
 from idcscan.api.jobs import PROBLEMS
-from idcscan.api.problems import Problem, not_found
+from idcscan.api.problems import Problem, accepts, not_found
 from idcscan.api.schemas import (
+    ID_RULE,
     ClientIn,
     ClientList,
     ClientOut,
@@ -39,8 +43,8 @@ def client_out(client: Client) -> dict[str, Any]:
 
 
 @bp.get("/clients")
-@spec.validate(resp=Resp(HTTP_200=ClientList, **ADMIN_PROBLEMS), tags=["clients"])
 @admin_required
+@spec.validate(resp=Resp(HTTP_200=ClientList, **ADMIN_PROBLEMS), tags=["clients"])
 def list_clients() -> Any:
     """Every client (admin key)."""
     with current_app.extensions["idcscan.db"]() as session:
@@ -49,12 +53,19 @@ def list_clients() -> Any:
 
 
 @bp.post("/clients")
+@admin_required
+@accepts("application/json", detail="Send the new client as JSON.")
 @spec.validate(
     json=ClientIn,
-    resp=Resp(HTTP_201=ClientWithKey, HTTP_409=ProblemOut, **ADMIN_PROBLEMS),
+    resp=Resp(
+        HTTP_201=ClientWithKey,
+        HTTP_409=ProblemOut,
+        HTTP_413=ProblemOut,
+        HTTP_415=ProblemOut,
+        **ADMIN_PROBLEMS,
+    ),
     tags=["clients"],
 )
-@admin_required
 def create_client() -> Any:
     """Create a client (admin key); the answer holds its key, shown this once."""
     body: ClientIn = request.context.json  # type: ignore[attr-defined]
@@ -74,9 +85,9 @@ def _client(session: Any, client_id: int) -> Client:
     return client
 
 
-@bp.post("/clients/<int:client_id>/revoke")
-@spec.validate(resp=Resp(HTTP_200=ClientOut, **ADMIN_PROBLEMS), tags=["clients"])
+@bp.post(f"/clients/<{ID_RULE}:client_id>/revoke")
 @admin_required
+@spec.validate(resp=Resp(HTTP_200=ClientOut, **ADMIN_PROBLEMS), tags=["clients"])
 def revoke(client_id: int) -> Any:
     """Revoke a client's key at once (admin key)."""
     with transaction(current_app.extensions["idcscan.db"]) as session:
@@ -85,9 +96,9 @@ def revoke(client_id: int) -> Any:
         return ClientOut(**client_out(client))
 
 
-@bp.post("/clients/<int:client_id>/rotate")
-@spec.validate(resp=Resp(HTTP_200=ClientWithKey, **ADMIN_PROBLEMS), tags=["clients"])
+@bp.post(f"/clients/<{ID_RULE}:client_id>/rotate")
 @admin_required
+@spec.validate(resp=Resp(HTTP_200=ClientWithKey, **ADMIN_PROBLEMS), tags=["clients"])
 def rotate(client_id: int) -> Any:
     """Give a client a new key (admin key); the old one stops working."""
     with transaction(current_app.extensions["idcscan.db"]) as session:

@@ -19,7 +19,11 @@ def register(subparsers: Any) -> None:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument(
-        "--workers", type=int, default=0, help="processes; 0 means 2 x CPUs + 1, at most 8"
+        "--workers",
+        type=int,
+        default=0,
+        help="processes; 0 means 2 x CPUs + 1, at most 8 (1 when rate limits can only be "
+        "counted in memory: no redis:// rate-limit storage or broker)",
     )
     api.add_argument("--threads", type=int, default=4, help="threads per process")
     api.set_defaults(func=_serve)
@@ -68,10 +72,18 @@ def _named(session: Any, name: str) -> Any:
 
 
 def _clients_add(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
     from sqlalchemy.exc import IntegrityError
 
     from idcscan.api.auth import add_client
+    from idcscan.api.schemas import ClientIn
 
+    try:  # the names the API takes (`POST /v1/clients`), no others
+        ClientIn(name=args.name, admin=args.admin)
+    except ValidationError:
+        raise ValueError(
+            "a client name is 1 to 200 characters, none of them a control character"
+        ) from None
     try:
         with _transaction() as session:
             client, key = add_client(session, args.name, args.admin)

@@ -3,7 +3,10 @@
 Submission order: stage and hash the upload (or copy the named `slide_uri` from the caller's
 folder), check the model, probe the slide's header, store it under its hash, commit the job row
 (with its audit event), and only then publish the id. Bad input is refused before anything is
-stored; a blob is never deleted by a request (see `idcscan.api.storage`). An `Idempotency-Key` is
+stored; a blob is never deleted by a request (see `idcscan.api.storage`). An `Idempotency-Key`
+names one request: the job stores a fingerprint of what was asked (`request_fingerprint`), a
+retry that asks the same gets the first job back and one that asks something else is refused
+(422). It is
 race-safe through the unique index on (client_id, idempotency_key): the loser of a race catches
 the IntegrityError and answers with the winner's job.
 """
@@ -11,6 +14,8 @@ the IntegrityError and answers with the winner's job.
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -26,9 +31,10 @@ from sqlalchemy.orm import Session
 from idcscan.api import logs
 from idcscan.api.auth import audit, caller
 from idcscan.api.probe import probe_slide
-from idcscan.api.problems import Problem, not_found
+from idcscan.api.problems import Problem, accepts, job_error_text, not_found
 from idcscan.api.queue import publish
 from idcscan.api.schemas import (
+    MAX_ID,
     IdempotencyHeader,
     JobByUri,
     JobError,
@@ -76,7 +82,11 @@ def job_out(job: Job) -> JobOut:
         mpp=job.mpp,
         labelled=job.labels_uri is not None,
         attempts=job.attempts,
-        error=JobError(kind=job.error_kind, message=job.error_message) if job.error_kind else None,
+        error=JobError(
+            kind=job.error_kind, message=job_error_text(job.error_kind, job.error_message)
+        )
+        if job.error_kind
+        else None,
         created_at=aware(job.created_at),
         updated_at=aware(job.updated_at),
         started_at=aware(job.started_at),
@@ -108,26 +118,23 @@ class Prepared:
     labels_uri: str | None
 
 
-SUBMISSION_TYPES = ("multipart/form-data", "application/json")
-
-
-@bp.before_request
-def _submission_media_type() -> None:
-    # Before spectree's validation, which would read any other body as (empty) JSON.
-    if request.endpoint == "jobs.submit" and request.mimetype not in SUBMISSION_TYPES:
-        raise Problem(
-            415,
-            "unsupported-media-type",
-            "Send multipart/form-data (an upload) or JSON (a slide_uri).",
-        )
-
-
 @bp.post("/jobs")
+@accepts(
+    "multipart/form-data",
+    "application/json",
+    detail="Send multipart/form-data (an upload) or JSON (a slide_uri).",
+)
 @spec.validate(
     json=JobByUri,
     headers=IdempotencyHeader,
     resp=Resp(
-        HTTP_202=JobOut, HTTP_413=ProblemOut, HTTP_415=ProblemOut, HTTP_409=ProblemOut, **PROBLEMS
+        HTTP_202=JobOut,
+        HTTP_400=ProblemOut,
+        HTTP_409=ProblemOut,
+        HTTP_413=ProblemOut,
+        HTTP_415=ProblemOut,
+        HTTP_422=ProblemOut,
+        **PROBLEMS,
     ),
     tags=["jobs"],
 )
@@ -138,14 +145,11 @@ def submit() -> Any:
     store: BlobStore = current_app.extensions["idcscan.store"]
     db = current_app.extensions["idcscan.db"]
     key = request.headers.get("Idempotency-Key") or None
-    if key is not None:
-        with db() as session:
-            existing = _by_key(session, key)
-        if existing is not None:
-            return _accepted(existing, replayed=True)
 
     if request.mimetype == "multipart/form-data":
         _check_length(settings)
+        # Before the body is first touched: the app-wide limit is for small JSON bodies.
+        request.max_content_length = _upload_allowance(settings)
         upload = receive_multipart(
             request.stream,
             request.content_type or "",
@@ -153,12 +157,31 @@ def submit() -> Any:
             settings.max_upload_bytes,
         )
         try:
-            model_id = _chosen_model(_int_field(upload.fields.get("model_id"), "model_id"))
-            prepared = _prepare(upload, _mpp_field(upload.fields.get("mpp")), settings, store)
+            requested = _id_field(upload.fields.get("model_id"), "model_id")
+            mpp = _mpp_field(upload.fields.get("mpp"))
+            labels = upload.files.get("labels")
+            fingerprint = request_fingerprint(
+                slide_sha256=upload.files["slide"].sha256,
+                labels_sha256=labels.sha256 if labels else None,
+                mpp=mpp,
+                model_id=requested,
+            )
+            if (replayed := _replay(db, key, fingerprint)) is not None:
+                return replayed
+            model_id = _chosen_model(requested)
+            prepared = _prepare(upload, mpp, settings, store)
         finally:
             upload.discard()
-    else:  # JSON, checked by `_submission_media_type` and validated by spectree
+    else:  # JSON, checked by `accepts` and validated by spectree
         body: JobByUri = request.context.json  # type: ignore[attr-defined]
+        fingerprint = request_fingerprint(
+            slide_uri=body.slide_uri,
+            labels_uri=body.labels_uri,
+            mpp=body.mpp,
+            model_id=body.model_id,
+        )
+        if (replayed := _replay(db, key, fingerprint)) is not None:
+            return replayed
         model_id = _chosen_model(body.model_id)
         prepared = _prepare_uri(body, settings, store)
 
@@ -172,6 +195,7 @@ def submit() -> Any:
         labels_uri=prepared.labels_uri,
         idempotency_key=key,
         model_id=model_id,
+        request_sha256=fingerprint,
     )
     try:
         with transaction(db) as session:
@@ -186,11 +210,9 @@ def submit() -> Any:
                 labelled=job.labels_uri is not None,
             )
     except IntegrityError:
-        if key is not None:
-            with db() as session:
-                winner = _by_key(session, key)
-            if winner is not None:  # a concurrent retry committed first
-                return _accepted(winner, replayed=True)
+        # A concurrent request under the same key committed first: its job, if it asked the same.
+        if (replayed := _replay(db, key, fingerprint)) is not None:
+            return replayed
         raise
     g.job_id = str(job.id)
     log.info("job accepted", extra=logs.context())
@@ -211,27 +233,62 @@ def _accepted(job: Job, replayed: bool) -> tuple[JobOut, int, dict[str, str]]:
     return job_out(job), 202, headers
 
 
+def request_fingerprint(**asked: object) -> str:
+    """SHA-256 of what a submission asks for: the slide and labels (by content for an upload, by
+    URI as given otherwise), the pixel size and the model. Two requests that ask the same agree."""
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(
+    db: Any, key: str | None, fingerprint: str
+) -> tuple[JobOut, int, dict[str, str]] | None:
+    """The job an earlier request under `key` created, if any; a different request under the
+    same key is refused (422). A job from before fingerprints were stored is replayed as before."""
+    if key is None:
+        return None
+    with db() as session:
+        existing = _by_key(session, key)
+    if existing is None:
+        return None
+    if existing.request_sha256 not in (None, fingerprint):
+        raise Problem(
+            422,
+            "idempotency-key-reused",
+            "This Idempotency-Key was sent before with a different request; use a new key.",
+        )
+    return _accepted(existing, replayed=True)
+
+
 def _by_key(session: Session, key: str) -> Job | None:
     return session.scalar(
         select(Job).where(Job.client_id == caller().id, Job.idempotency_key == key)
     )
 
 
+def _upload_allowance(settings: Settings) -> int:
+    """The largest multipart body: the slide and the labels at their limits, plus framing."""
+    return settings.max_upload_bytes + MAX_LABELS_BYTES + 65536
+
+
 def _check_length(settings: Settings) -> None:
-    # Refuse an announced oversize body before reading it; multipart framing adds a few hundred
-    # bytes, the labels up to their own limit, so the exact check happens while streaming.
+    # Refuse an announced oversize body before reading it; the exact per-file checks happen while
+    # streaming, and a chunked body (no length announced) is cut off at the same allowance.
     length = request.content_length
-    if length is not None and length > settings.max_upload_bytes + MAX_LABELS_BYTES + 65536:
+    if length is not None and length > _upload_allowance(settings):
         raise InvalidInput("The upload is larger than allowed.", "upload-too-large")
 
 
-def _int_field(value: str | None, name: str) -> int | None:
+def _id_field(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise Problem(422, "invalid-request", f"`{name}` must be an integer.") from None
+    if not 1 <= number <= MAX_ID:
+        raise Problem(422, "invalid-request", f"`{name}` names no row: it is out of range.")
+    return number
 
 
 def _mpp_field(value: str | None) -> float | None:
@@ -255,7 +312,7 @@ def _chosen_model(model_id: int | None) -> int:
 def _model_for(session: Session, model_id: int | None) -> int:
     if model_id is not None:
         if session.get(Model, model_id) is None:
-            raise Problem(422, "unknown-model", f"No model {model_id}.")
+            raise Problem(422, "unknown-model", "No model has that model_id.")
         return model_id
     active = session.scalar(select(Model.id).where(Model.active))
     if active is None:

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from idcscan.api.auth import admin_required, audit, caller
 from idcscan.api.jobs import PROBLEMS
 from idcscan.api.problems import not_found
-from idcscan.api.schemas import ModelList, ModelOut, ProblemOut, aware, spec
+from idcscan.api.schemas import ID_RULE, ModelList, ModelOut, ProblemOut, aware, spec
 from idcscan.core.db import Model, transaction
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
@@ -41,7 +41,7 @@ def list_models() -> Any:
         return ModelList(models=[model_out(m) for m in models])
 
 
-@bp.get("/models/<int:model_id>")
+@bp.get(f"/models/<{ID_RULE}:model_id>")
 @spec.validate(resp=Resp(HTTP_200=ModelOut, **PROBLEMS), tags=["models"])
 def get_model(model_id: int) -> Any:
     """One model of the registry."""
@@ -52,9 +52,9 @@ def get_model(model_id: int) -> Any:
         return model_out(model)
 
 
-@bp.post("/models/<int:model_id>/activate")
-@spec.validate(resp=Resp(HTTP_200=ModelOut, HTTP_403=ProblemOut, **PROBLEMS), tags=["models"])
+@bp.post(f"/models/<{ID_RULE}:model_id>/activate")
 @admin_required
+@spec.validate(resp=Resp(HTTP_200=ModelOut, HTTP_403=ProblemOut, **PROBLEMS), tags=["models"])
 def activate_model(model_id: int) -> Any:
     """Make this model the one new jobs use (admin key). Running jobs keep theirs."""
     with transaction(current_app.extensions["idcscan.db"]) as session:

@@ -14,12 +14,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request, stream_with_context
+from pydantic import ValidationError
 from spectree import Response as Resp
 from sqlalchemy import select
 
 from idcscan.api.jobs import PROBLEMS, own_job
 from idcscan.api.problems import Problem
-from idcscan.api.schemas import ProblemOut, SlideResultOut, TilesOut, TilesQuery, aware, spec
+from idcscan.api.schemas import (
+    ProblemOut,
+    SlideResultOut,
+    TilesOut,
+    TilesQuery,
+    aware,
+    invalid_request,
+    spec,
+)
 from idcscan.core.db import ConfusionStat, Job, JobStatus, Model, SlideResult, TileScore
 from idcscan.core.metrics import Confusion
 from idcscan.core.storage import open_uri
@@ -113,14 +122,18 @@ def _tiles_csv(job_id: uuid.UUID) -> Iterator[bytes]:
 @bp.get("/jobs/<uuid:job_id>/tiles")
 @spec.validate(
     query=TilesQuery,
-    resp=Resp(HTTP_200=TilesOut, **RESULT_PROBLEMS),
+    resp=Resp(HTTP_200=TilesOut, HTTP_422=ProblemOut, **RESULT_PROBLEMS),
     tags=["results"],
     skip_validation=True,
 )
 def get_tiles(job_id: uuid.UUID) -> Any:
     """Per-tile IDC probabilities (and labels) as JSON, or CSV with `Accept: text/csv` or
     `?format=csv`."""
-    query = TilesQuery.model_validate(request.args.to_dict())
+    # Validated here, not by spectree (which would buffer the streamed body to check it).
+    try:
+        query = TilesQuery.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
     job, result = _result(job_id)
     wanted = query.format or (
         "csv"

@@ -10,30 +10,100 @@ the `before` hook below instead of spectree's own error body.
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
 from idcscan.api.problems import Problem
 from idcscan.core.db import JobStatus
 
+log = logging.getLogger(__name__)
+
 # A job's status names are the database's own enum, so a new state is added in one place.
 JobStatusName = JobStatus
+
+# Every key the API takes is a PostgreSQL `integer` (int4): a larger number names no row, and
+# handed to the database it fails there (int4/int8 range on PostgreSQL, OverflowError on SQLite).
+MAX_ID = 2**31 - 1
+ID_RULE = f"int(min=1, max={MAX_ID})"
+"""The URL converter of every `{id}` route: an id outside the range matches no route (404)."""
+DbId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+# Text that is stored or reaches a file system: no control characters (PostgreSQL refuses NUL in
+# text, a file system refuses it in a path, and a newline in a name forges log and CLI lines).
+Printable = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4096
+
+
+def _fits_a_path(value: str | None) -> str | None:
+    """A URI whose path no file system can hold names no file: refuse it as invalid input
+    instead of letting the operating system's error (with the path in it) surface later."""
+    if value is None:
+        return None
+    encoded = value.encode()
+    if len(encoded) >= PATH_MAX_BYTES or any(
+        len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")
+    ):
+        raise ValueError("longer than a file system path may be")
+    return value
+
+
+PathLike = Annotated[Printable, AfterValidator(_fits_a_path)]
+
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    """What the document promises (`format: date-time`): pydantic alone would also take a number
+    as a Unix timestamp, a bare date, or a time without its offset."""
+    if isinstance(value, str) and not RFC3339.fullmatch(value):
+        raise ValueError("not an RFC 3339 date-time with its offset")
+    return value
+
+
+DateTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+
+def invalid_request(error: ValidationError) -> Problem:
+    """422 for a request that does not match its schema: where (`loc`) and which rule (`type`,
+    pydantic's stable name of the check) failed. pydantic's message is left out: it is library
+    text, and for a JSON body that does not parse it quotes the parser."""
+    errors = [
+        {"loc": list(e.get("loc", ())), "type": e.get("type", "")}
+        for e in error.errors(include_url=False, include_context=False, include_input=False)
+    ]
+    return Problem(422, "invalid-request", "The request does not match the schema.", errors=errors)
 
 
 def _reject_invalid(req: Any, resp: Any, req_validation_error: Any, instance: Any, *_: Any) -> None:
     if req_validation_error is not None:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
-            for e in req_validation_error.errors()
-        ]
-        raise Problem(
-            422, "invalid-request", "The request does not match the schema.", errors=errors
-        )
+        raise invalid_request(req_validation_error)
+
+
+def _refuse_invalid_response(
+    req: Any, resp: Any, resp_validation_error: Any, instance: Any, *_: Any
+) -> None:
+    # spectree would answer a 500 carrying pydantic's error list (values included).
+    if resp_validation_error is not None:
+        where = [e.get("loc") for e in resp_validation_error.errors(include_input=False)]
+        log.error("a response does not match its schema", extra={"locations": str(where)})
+        raise Problem(500, "internal", "Internal error; it has been logged.")
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -63,6 +133,7 @@ spec = SpecTree(
     mode="strict",
     annotations=True,
     before=_reject_invalid,
+    after=_refuse_invalid_response,
     validation_error_model=ProblemOut,
     security_schemes=[
         SecurityScheme(name="bearer", data=SecuritySchemeData(type="http", scheme="bearer")),  # type: ignore[arg-type]
@@ -116,10 +187,10 @@ class JobByUri(BaseModel):
     """Submit a slide already on storage (JSON body). Uploads use multipart: see `SlideUpload`."""
 
     model_config = ConfigDict(extra="forbid")
-    slide_uri: str = Field(min_length=1, max_length=4096)
-    labels_uri: str | None = Field(default=None, max_length=4096)
+    slide_uri: PathLike = Field(min_length=1, max_length=PATH_MAX_BYTES)
+    labels_uri: PathLike | None = Field(default=None, max_length=PATH_MAX_BYTES)
     mpp: float | None = Field(default=None, gt=0, le=1000)
-    model_id: int | None = None
+    model_id: DbId | None = None
 
 
 class SlideUpload(BaseModel):
@@ -129,13 +200,13 @@ class SlideUpload(BaseModel):
     labels: bytes | None = Field(
         default=None, description="Ground truth: GeoJSON annotations or a tile-label CSV."
     )
-    mpp: float | None = Field(default=None, gt=0)
-    model_id: int | None = None
+    mpp: float | None = Field(default=None, gt=0, le=1000)
+    model_id: DbId | None = None
 
 
 class IdempotencyHeader(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="allow")
-    idempotency_key: str | None = Field(default=None, alias="Idempotency-Key", max_length=200)
+    idempotency_key: Printable | None = Field(default=None, alias="Idempotency-Key", max_length=200)
 
 
 class SlideResultOut(BaseModel):
@@ -201,9 +272,9 @@ class ModelList(BaseModel):
 
 class StatsQuery(BaseModel):
     period: Literal["day", "week", "month"] = "month"
-    model_id: int | None = None
-    since: datetime | None = None
-    until: datetime | None = None
+    model_id: DbId | None = None
+    since: DateTime | None = None
+    until: DateTime | None = None
 
 
 class ConfusionBucket(BaseModel):
@@ -220,7 +291,7 @@ class ConfusionStats(BaseModel):
 
 class ClientIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: Printable = Field(min_length=1, max_length=200)
     admin: bool = False
 
 

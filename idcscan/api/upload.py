@@ -29,6 +29,10 @@ from idcscan.api.problems import Problem
 from idcscan.core.errors import InvalidInput
 
 CHUNK = 1 << 16
+MAX_DECODER_BUFFER = 4 * CHUNK
+"""What the multipart decoder may hold while it looks for a boundary or the end of a part's
+headers; file data passes through it. Without a bound a body whose boundary never comes is
+buffered whole."""
 MAX_FIELD_BYTES = 1024
 MAX_LABELS_BYTES = 64 * 1024**2
 FILE_FIELDS = ("slide", "labels")
@@ -92,14 +96,16 @@ def receive_multipart(
     boundary = options.get("boundary")
     if not boundary:
         raise Problem(400, "malformed-upload", "multipart/form-data without a boundary.")
-    decoder = MultipartDecoder(boundary.encode(), max_parts=8)
+    decoder = MultipartDecoder(
+        boundary.encode(), max_form_memory_size=MAX_DECODER_BUFFER, max_parts=8
+    )
     upload = Upload()
     sink: _Sink | None = None
     text_name: str | None = None
     text = bytearray()
     try:
         while True:
-            chunk = stream.read(CHUNK)
+            chunk = _read(stream)
             decoder.receive_data(chunk or None)
             event = decoder.next_event()
             while not isinstance(event, (NeedData, Epilogue)):
@@ -117,7 +123,7 @@ def receive_multipart(
                     raise Problem(
                         400,
                         "malformed-upload",
-                        f"Unknown part `{event.name}`; expected slide, labels, mpp, model_id.",
+                        "Unknown part; expected slide, labels, mpp, model_id.",
                     )
                 elif isinstance(event, Data):
                     if sink is not None:
@@ -139,7 +145,8 @@ def receive_multipart(
                 break
             if not chunk:
                 raise Problem(400, "malformed-upload", "The multipart body ends early.")
-    except (ValueError, RequestEntityTooLarge) as exc:  # the decoder's verdict (too many parts)
+    except (ValueError, RequestEntityTooLarge) as exc:
+        # The decoder's verdict: too many parts, or no boundary (or end of headers) in its buffer.
         _abandon(upload, sink)
         raise Problem(400, "malformed-upload", "The multipart body is malformed.") from exc
     except BaseException:
@@ -149,6 +156,15 @@ def receive_multipart(
         upload.discard()
         raise Problem(422, "missing-slide", "Send the slide as the multipart part `slide`.")
     return upload
+
+
+def _read(stream: IO[bytes]) -> bytes:
+    """The next chunk of the body; past the route's limit (werkzeug counts a chunked body's
+    bytes too) the upload is too large."""
+    try:
+        return stream.read(CHUNK)
+    except RequestEntityTooLarge:
+        raise InvalidInput("The upload is larger than allowed.", "upload-too-large") from None
 
 
 def _abandon(upload: Upload, sink: _Sink | None) -> None:

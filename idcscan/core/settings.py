@@ -90,11 +90,27 @@ class Settings(BaseSettings):
         default="auto", description="onnxruntime execution provider: CUDA first when `auto`."
     )
     rate_limit: str = Field(
-        default="600/minute", description="Requests per client (flask-limiter syntax)."
+        default="600/minute",
+        description="Requests per client, counted after authentication (flask-limiter syntax).",
+    )
+    rate_limit_per_address: str = Field(
+        default="1200/minute",
+        description="Requests per client address, counted before authentication, so that a "
+        "flood of bad keys is limited too (flask-limiter syntax).",
     )
     rate_limit_storage_url: str = Field(
         default="memory://",
-        description="flask-limiter storage: memory:// when embedded, redis://... in production.",
+        description="flask-limiter storage: memory:// when embedded, redis://... in production. "
+        "With memory:// every API process counts apart: `idcscan api` then counts in the "
+        "broker's Redis, or refuses more than one process when the broker is not Redis.",
+    )
+    trusted_proxies: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Reverse proxies in front of the API whose X-Forwarded-For the API trusts "
+        "for the client address (1 behind one proxy); 0 trusts none, so a forged header "
+        "changes nothing.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of every idcscan process."

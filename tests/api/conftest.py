@@ -175,6 +175,20 @@ def service(serve: Callable[[Settings], Service], service_settings: Settings) ->
     return serve(service_settings)
 
 
+def assert_rejected(service: Service, response: requests.Response, status: int, code: str) -> None:
+    """A problem+json of `status` and cause `code`, no job row and no stored file left behind,
+    and the service still answering."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == f"urn:idcscan:problem:{code}"
+    assert body["status"] == status
+    assert body["detail"]
+    assert service.job_count() == 0
+    assert service.stored_files() == []
+    assert service.get("/healthz").status_code == 200
+
+
 def plain_tiff(path: Path, mpp: float | None = None) -> Path:
     """A real tiled TIFF (OpenSlide's generic-tiff); without `mpp` it states no pixel size."""
     import tifffile

@@ -96,6 +96,18 @@ def test_admin_routes_are_403_for_ordinary_keys(service: Service) -> None:
     assert service.get("/v1/models", key).status_code == 200
 
 
+def test_the_admin_check_comes_before_the_body_is_judged(service: Service) -> None:
+    """403 first: a key that may not call a route learns nothing about what the route accepts."""
+    key = service.add_client("hospital-e")
+    for response in (
+        service.post("/v1/clients", key, json={"name": ""}),
+        service.post("/v1/clients", key, json={"name": "x", "extra": 1}),
+        service.post("/v1/clients", key, data=b"name=x", headers={"Content-Type": "text/plain"}),
+    ):
+        assert response.status_code == 403, response.text
+        assert response.json()["type"] == "urn:idcscan:problem:admin-required"
+
+
 def test_admin_activates_a_model_and_manages_clients(service: Service) -> None:
     admin = service.add_client("ops", admin=True)
     other_model = register_model(service.db, "test-2", active=False)

@@ -57,3 +57,28 @@ def test_clients_lifecycle(
         assert main(["clients", "revoke", "nobody"]) == 2
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("name", ["a" * 201, "two\nlines", "bell\x07", ""])
+def test_a_client_name_the_api_would_refuse_is_a_one_line_error(
+    database_url: str,
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The command line takes the names the API takes (PostgreSQL refused an over-long one with a
+    traceback; a newline would forge a line of `clients list`)."""
+    upgrade(database_url)
+    monkeypatch.setenv("IDCSCAN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("IDCSCAN_DATABASE_URL", database_url)
+    assert main(["clients", "add", name]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("idcscan: error: a client name ")
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            assert session.scalars(select(Client)).all() == []
+    finally:
+        engine.dispose()

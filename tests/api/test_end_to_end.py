@@ -56,13 +56,15 @@ def test_submit_score_and_fetch_everything(
     idcscan_cli(env, "models", "register", str(model), "--activate")
     key = idcscan_cli(env, "clients", "add", "hospital").strip().splitlines()[-1]
 
+    workers = "1" if mode == "embedded" else "2"
     canary = f"CANARY-{uuid.uuid4().hex}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api_log, worker_log = tmp_path / "api.log", tmp_path / "worker.log"
     auth = {"Authorization": f"Bearer {key}"}
     with (
-        idcscan_process(["api", "--port", str(port), "--workers", "2"], env, api_log),
+        # Embedded, rate limits are counted in memory: one API process (more are refused).
+        idcscan_process(["api", "--port", str(port), "--workers", workers], env, api_log),
         idcscan_process(["worker", "--concurrency=1"], env, worker_log),
     ):
         wait_until_up(url, api_log)
@@ -120,7 +122,10 @@ def test_submit_score_and_fetch_everything(
         assert [b["jobs"] for b in stats["buckets"]] == [1]
         assert stats["buckets"][0]["confusion"]["tp"] == result["confusion"]["tp"]
 
-        metrics = requests.get(url + "/metrics", timeout=10).text
+        admin = idcscan_cli(env, "clients", "add", "ops", "--admin").strip().splitlines()[-1]
+        metrics = requests.get(
+            url + "/metrics", headers={"Authorization": f"Bearer {admin}"}, timeout=10
+        ).text
         assert 'idcscan_jobs{status="succeeded"} 1.0' in metrics
         assert "idcscan_tiles_scored_total" in metrics
         assert (

@@ -7,12 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from idcscan.core.db import AuditEvent, Job
 from tests.conftest import SAMPLE_SVS
 
-from .conftest import KOMBU_NOLOAD, Service
+from .conftest import KOMBU_NOLOAD, Service, plain_tiff
+from .test_tenancy import tenant
 
 pytestmark = [pytest.mark.integration, KOMBU_NOLOAD]
 
@@ -52,6 +53,20 @@ def test_submit_poll_and_list(service: Service) -> None:
     assert job["id"].encode() in queued[0]
 
 
+def test_a_chunked_upload_is_accepted(service: Service) -> None:
+    head = b'--b\r\nContent-Disposition: form-data; name="slide"; filename="s.svs"\r\n\r\n'
+    slide = SAMPLE_SVS.read_bytes()
+    pieces = [head, *(slide[i : i + 100_000] for i in range(0, len(slide), 100_000))]
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    response = service.post(
+        "/v1/jobs", service.add_client(), data=iter([*pieces, b"\r\n--b--\r\n"]), headers=headers
+    )
+    assert response.status_code == 202, response.text
+    import hashlib
+
+    assert response.json()["slide_sha256"] == hashlib.sha256(slide).hexdigest()
+
+
 def test_the_same_slide_is_stored_once(service: Service) -> None:
     key = service.add_client()
     first = service.submit(key, SAMPLE_SVS, name="a.svs").json()
@@ -73,6 +88,61 @@ def test_idempotent_retry_returns_the_same_job(service: Service) -> None:
     other = service.submit(service.add_client(), SAMPLE_SVS, headers=headers)
     assert other.json()["id"] != first.json()["id"]
     assert service.job_count() == 2
+
+
+def test_an_idempotency_key_reused_for_another_request_is_422(
+    service: Service, tmp_path: Path
+) -> None:
+    """The key names one request: a different one under it is a client bug, not a retry."""
+    key = service.add_client()
+    headers = {"Idempotency-Key": "order-43"}
+    first = service.submit(key, SAMPLE_SVS, headers=headers, data={"mpp": "0.5"})
+    assert first.status_code == 202, first.text
+    stored = service.stored_files()
+    other_slide = plain_tiff(tmp_path / "other.tiff", mpp=4.0)
+    for response in (
+        service.submit(key, SAMPLE_SVS, headers=headers, data={"mpp": "0.25"}),
+        service.submit(key, SAMPLE_SVS, headers=headers),
+        service.submit(key, other_slide, name="other.tiff", headers=headers),
+        service.submit(
+            key,
+            SAMPLE_SVS,
+            headers=headers,
+            data={"mpp": "0.5"},
+            files={"labels": ("l.csv", b"x,y,label\n")},
+        ),
+    ):
+        assert response.status_code == 422, response.text
+        assert response.headers["Content-Type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:idcscan:problem:idempotency-key-reused"
+        assert service.job_count() == 1
+        assert service.stored_files() == stored
+    # The same request under the key is still a retry.
+    again = service.submit(key, SAMPLE_SVS, headers=headers, data={"mpp": "0.50"})
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert len(service.published()) == 1
+
+
+def test_an_idempotency_key_names_one_slide_uri(service: Service) -> None:
+    key, root = tenant(service)
+    for name in ("a.tiff", "b.tiff"):
+        plain_tiff(root / name, mpp=4.0)
+    headers = {"Idempotency-Key": "by-uri"}
+    first = service.post("/v1/jobs", key, json={"slide_uri": "a.tiff"}, headers=headers)
+    assert first.status_code == 202, first.text
+    reused = service.post("/v1/jobs", key, json={"slide_uri": "b.tiff"}, headers=headers)
+    assert reused.status_code == 422
+    assert reused.json()["type"] == "urn:idcscan:problem:idempotency-key-reused"
+    again = service.post("/v1/jobs", key, json={"slide_uri": "a.tiff"}, headers=headers)
+    assert again.json()["id"] == first.json()["id"]
+    assert service.job_count() == 1
+    # A job from before fingerprints were stored (revision 0002) is replayed as it always was.
+    with service.db() as session, session.begin():
+        session.execute(update(Job).values(request_sha256=None))
+    legacy = service.post("/v1/jobs", key, json={"slide_uri": "b.tiff"}, headers=headers)
+    assert legacy.json()["id"] == first.json()["id"]
+    assert service.job_count() == 1
 
 
 def test_twenty_concurrent_retries_make_one_job(service: Service) -> None:

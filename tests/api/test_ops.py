@@ -9,10 +9,11 @@ import pytest
 from openapi_spec_validator import validate
 
 from idcscan.core.settings import Settings
+from tests.conftest import SAMPLE_SVS
 
-from .conftest import Service
+from .conftest import KOMBU_NOLOAD, Service
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, KOMBU_NOLOAD]
 
 UNDOCUMENTED = {"/static/<path:filename>", "/openapi.json", "/docs", "/docs/openapi.json"}
 
@@ -23,7 +24,7 @@ def test_health_readiness_and_metrics(service: Service) -> None:
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     service.get("/v1/jobs", service.add_client())
-    metrics = service.get("/metrics")
+    metrics = service.get("/metrics", service.add_client(admin=True))
     assert metrics.headers["Content-Type"].startswith("text/plain")
     text = metrics.text
     assert 'idcscan_jobs{status="queued"} 0.0' in text
@@ -45,7 +46,7 @@ def test_readiness_fails_when_the_broker_is_down(serve, service_settings: Settin
 
 
 def _rule_to_openapi(rule: str) -> str:
-    return re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule)
+    return re.sub(r"<(?:[^:>]+:)?([a-z_]+)>", r"{\1}", rule)
 
 
 def test_the_spec_validates_and_matches_the_routes(service: Service) -> None:
@@ -69,7 +70,53 @@ def test_the_spec_validates_and_matches_the_routes(service: Service) -> None:
         "type": "http",
         "scheme": "bearer",
     }
-    assert "redoc" in service.get("/docs").text
+
+
+def test_metrics_need_an_admin_key(service: Service) -> None:
+    """They count every tenant's jobs: an operator's business, not a client's nor the world's."""
+    anonymous = service.get("/metrics")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["type"] == "urn:idcscan:problem:unauthorized"
+    client = service.get("/metrics", service.add_client())
+    assert client.status_code == 403
+    assert client.json()["type"] == "urn:idcscan:problem:admin-required"
+    assert "idcscan_jobs" not in anonymous.text + client.text
+    assert service.get("/metrics", service.add_client(admin=True)).status_code == 200
+
+
+def test_the_docs_page_loads_nothing_from_elsewhere(service: Service) -> None:
+    page = service.get("/docs")
+    assert page.status_code == 200
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "<script" not in page.text.lower()
+    assert "https://" not in page.text and "http://" not in page.text
+    assert page.headers["Content-Security-Policy"] == "default-src 'none'"
+    assert 'href="/openapi.json"' in page.text
+
+
+def test_security_headers(service: Service) -> None:
+    key = service.add_client()
+    job = service.submit(key, SAMPLE_SVS).json()["id"]
+    tenant_data = [
+        service.get("/v1/jobs", key),
+        service.get(f"/v1/jobs/{job}", key),
+        service.get(f"/v1/jobs/{job}/result", key),  # 409: not scored yet; still no-store
+        service.get(f"/v1/jobs/{job}/heatmap.png", key),
+        service.get(f"/v1/jobs/{job}/tiles", key, params={"format": "csv"}),
+        service.post("/v1/clients", service.add_client(admin=True), json={"name": "new"}),
+    ]
+    for response in tenant_data:
+        assert response.headers["Cache-Control"] == "no-store", response.url
+    everything = [
+        *tenant_data,
+        service.get("/healthz"),
+        service.get("/openapi.json"),
+        service.get("/docs"),
+        service.get("/v1/jobs"),  # 401
+        service.get("/nowhere"),  # 404
+    ]
+    for response in everything:
+        assert response.headers["X-Content-Type-Options"] == "nosniff", response.url
 
 
 def test_unknown_routes_and_methods_are_problems(service: Service) -> None:

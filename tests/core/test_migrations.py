@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from idcscan.core.db import Base, make_engine
 from idcscan.core.migrate import alembic_config, current_revision, downgrade, upgrade
@@ -96,3 +97,43 @@ def test_db_upgrade_command_on_postgresql(postgres_url: str, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert current_revision(postgres_url) is not None
     assert not (tmp_path / "idcscan.sqlite3").exists()
+
+
+def test_0002_adds_the_request_fingerprint_and_keeps_existing_jobs(database_url: str) -> None:
+    """Jobs submitted before 0002 keep their idempotency keys, with no fingerprint (NULL)."""
+    upgrade(database_url, "0001")
+    engine = make_engine(database_url)
+    job_id = "0b7c4a56-9e3d-4f4c-8a4e-1f1f6c1d2e3a"
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO clients (id, name, key_prefix, key_hash, role, created_at) "
+                    "VALUES (1, 'c', 'abcdef01', 'h', 'client', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO models (id, version, architecture, onnx_sha256, location, "
+                    "tile_spec, threshold, test_metrics, confusion, active, created_at) VALUES "
+                    "(1, 'v', 'a', 's', 'l', '{}', 0.5, '{}', '{}', false, CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, client_id, model_id, status, slide_uri, tiles_done, "
+                    "attempts, idempotency_key, created_at, updated_at) VALUES (:id, 1, 1, "
+                    "'queued', 'x', 0, 0, 'k-1', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                {"id": uuid.UUID(job_id).hex if database_url.startswith("sqlite") else job_id},
+            )
+        engine.dispose()
+        upgrade(database_url)
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT idempotency_key, request_sha256 FROM jobs")).one()
+        assert tuple(row) == ("k-1", None)
+        engine.dispose()
+        downgrade(database_url, "0001")
+        assert "request_sha256" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()

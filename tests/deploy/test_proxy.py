@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, SAMPLE_SVS
+from tests.conftest import ROOT, SAMPLE_SVS, service_missing
 from tests.processes import free_port, idcscan_cli, idcscan_process, wait_until_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,7 +51,7 @@ def render(env: dict[str, str]) -> str:
 def proxied(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     """(proxy URL, API key, CA file) with `idcscan api` behind nginx."""
     if NGINX is None:
-        pytest.skip("nginx is not installed")
+        service_missing("nginx is not installed (Debian: apt-get install nginx-light)")
     from tests.worker.models import build_model
 
     data = tmp_path / "data"

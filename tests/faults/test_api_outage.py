@@ -29,8 +29,8 @@ def _v1_routes(service: Service) -> list[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith("/v1"):
             continue
-        path = re.sub(r"<(?:[a-z]+:)?job_id>", str(uuid.uuid4()), rule.rule)
-        path = re.sub(r"<(?:[a-z]+:)?[a-z_]+>", "1", path)
+        path = re.sub(r"<[^>]*:job_id>", str(uuid.uuid4()), rule.rule)
+        path = re.sub(r"<[^>]*>", "1", path)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             routes.append((method, path))
     app.extensions["idcscan.engine"].dispose()
