@@ -196,6 +196,9 @@ def submit() -> Any:
         idempotency_key=key,
         model_id=model_id,
         request_sha256=fingerprint,
+        # Published right after the commit below; if that fails the mark is taken back, and the
+        # reconciler publishes the job at its next round (`jobstate.due_for_publish`).
+        published_at=utcnow(),
     )
     try:
         with transaction(db) as session:
@@ -222,6 +225,11 @@ def submit() -> Any:
         log.warning(
             "publish failed; the reconciler will re-publish", exc_info=True, extra=logs.context()
         )
+        try:
+            with transaction(db) as session:
+                jobstate.unpublished(session, [job.id])
+        except Exception:  # the database went too: the visibility window's round publishes it
+            log.warning("could not record the failed publish", extra=logs.context())
     return _accepted(job, replayed=False)
 
 

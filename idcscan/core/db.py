@@ -181,6 +181,9 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    published_at: Mapped[datetime | None]
+    """When the id was last sent to the broker; null: never, or the publish failed. The
+    reconciler re-publishes a queued job only once this is older than the visibility window."""
 
 
 class TileScore(Base):

@@ -9,6 +9,8 @@ The moves, and who makes them (the database is the truth; the broker only carrie
     running --lease ran out (reconciler)------> queued, or failed as worker_lost when the
                                                  attempts are spent (also at the next claim)
     queued | running --cancel (API)-----------> cancelled
+    queued  --publish again (reconciler)------> queued       only when the last publish is
+                                                 older than the broker's visibility window
 
 Each move names the state it starts from in its WHERE clause, so two actors racing for one job
 cannot both win: the loser's UPDATE changes no row, and it reads the state the winner left.
@@ -184,6 +186,7 @@ def release(session: Session, job_id: uuid.UUID, owner: str, *, now: datetime) -
                 lease_expires_at=None,
                 tiles_done=0,
                 updated_at=now,
+                published_at=None,  # its message was taken: the reconciler publishes it again
             )
         )
     )
@@ -228,11 +231,36 @@ def requeue_lost(
                 lease_owner=None,
                 lease_expires_at=None,
                 updated_at=now,
+                published_at=now,  # the caller publishes it
             )
             .returning(Job.id)
         )
     )
     return requeued, failed
+
+
+def due_for_publish(session: Session, *, window_s: int, now: datetime) -> list[uuid.UUID]:
+    """Queued jobs whose message may be lost, marked as published now (the caller publishes
+    them): never published (the API's publish failed) or last published longer ago than the
+    broker's visibility window. A job only waiting in line behind others is left alone: its
+    message is in the queue, and another would be a duplicate delivery."""
+    return list(
+        session.scalars(
+            update(Job)
+            .where(
+                Job.status == JobStatus.QUEUED.value,
+                Job.published_at.is_(None) | (Job.published_at < now - timedelta(seconds=window_s)),
+            )
+            .values(published_at=now)
+            .returning(Job.id)
+        )
+    )
+
+
+def unpublished(session: Session, job_ids: list[uuid.UUID]) -> None:
+    """Record that publishing these jobs failed: the reconciler's next round tries again."""
+    if job_ids:
+        session.execute(update(Job).where(Job.id.in_(job_ids)).values(published_at=None))
 
 
 def status_of(session: Session, job_id: uuid.UUID) -> JobStatus | None:

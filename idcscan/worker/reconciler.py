@@ -2,12 +2,14 @@
 
 Run every `reconcile_interval_s` by `idcscan scheduler` (which `idcscan worker --beat` starts
 beside the worker in the embedded mode):
-- a job committed as `queued` that no worker has touched for `lease_s` is published again (the
-  API's publish may have failed, or the message was lost);
+- a `queued` job is published again when it never was (the API's publish failed) or its last
+  publish is older than the broker's visibility window (the message may be lost); a job merely
+  waiting in line is left alone, so a backlog is not delivered twice;
 - a `running` job whose lease expired lost its worker: back to `queued` and published, or, out of
   attempts, `failed` as `worker_lost`.
-Each change is one conditional UPDATE ... RETURNING, so concurrent reconcilers do not double up;
-duplicate messages are harmless anyway (a worker claims a job only once).
+Each change is one conditional UPDATE ... RETURNING in `idcscan.core.jobstate`, so concurrent
+reconcilers do not double up; duplicate messages are harmless anyway (a worker claims a job only
+once). A publish that fails is recorded, and the next round tries again.
 Every `GC_INTERVAL_S` it also collects storage garbage (`idcscan.core.storage_gc`).
 """
 
@@ -19,15 +21,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from idcscan.core import jobstate
 from idcscan.core.db import (
-    Job,
-    JobStatus,
     make_engine,
     make_sessionmaker,
     transaction,
@@ -54,20 +52,18 @@ def reconcile(
         requeued, failed = jobstate.requeue_lost(
             session, max_attempts=settings.max_attempts, now=now
         )
-        stale = list(
-            session.scalars(
-                update(Job)
-                .where(
-                    Job.status == JobStatus.QUEUED.value,
-                    Job.updated_at < now - timedelta(seconds=settings.lease_s),
-                )
-                .values(updated_at=now)
-                .returning(Job.id)
-            )
-        )
-    republished = requeued + stale
-    for job_id in republished:
-        publish(job_id)
+        stale = jobstate.due_for_publish(session, window_s=settings.visibility_timeout_s, now=now)
+    republished, failed_to_publish = [], []
+    for job_id in requeued + stale:
+        try:
+            publish(job_id)
+            republished.append(job_id)
+        except Exception:
+            log.warning("reconciler: publishing job %s failed", job_id, exc_info=True)
+            failed_to_publish.append(job_id)
+    if failed_to_publish:
+        with transaction(sessions) as session:
+            jobstate.unpublished(session, failed_to_publish)
     if republished or failed:
         log.info(
             "reconciler: republished %d jobs, failed %d out of attempts",

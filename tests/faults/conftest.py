@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from idcscan.core.db import Job, make_engine, make_sessionmaker, transaction
+from idcscan.core.settings import Settings
+
 # The API tests' real HTTP server and the worker tests' tiny ONNX model and job rows, shared.
 from tests.api.conftest import serve, service_settings  # noqa: F401
+from tests.conftest import SAMPLE_PATIENTS
 from tests.faults.servers import PostgresCluster, RedisServer
 from tests.worker.conftest import make_job, tiny_model  # noqa: F401
 
@@ -60,3 +64,22 @@ def own_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture
+def activate_tiny_model(
+    make_job: Callable[[Settings], Callable[..., uuid.UUID]],  # noqa: F811 - the fixture
+) -> Callable[[Settings], None]:
+    """activate_tiny_model(settings): the worker tests' tiny ONNX model registered and active in
+    that database, so that an API started next gives its jobs to it (a job made and dropped)."""
+
+    def activate(settings: Settings) -> None:
+        job_id = make_job(settings)(str(SAMPLE_PATIENTS / "8916"))
+        engine = make_engine(settings.database)
+        try:
+            with transaction(make_sessionmaker(engine)) as session:
+                session.execute(Job.__table__.delete().where(Job.id == job_id))
+        finally:
+            engine.dispose()
+
+    return activate

@@ -74,3 +74,39 @@ def test_database_down_answers_503_on_every_route(
     cluster.start()
     assert service.get("/v1/jobs", key).status_code == 200
     assert service.get("/healthz").status_code == 200
+
+
+def test_broker_down_at_submit_is_published_by_the_next_reconciler_round(
+    postgres_url: str,
+    own_redis: RedisServer,
+    serve: Callable[[Settings], Service],
+    tmp_path: Path,
+) -> None:
+    """The job is committed, its publish fails: 202 all the same, the failed publish recorded,
+    and the reconciler publishes it once the broker is back (not a visibility window later)."""
+    from idcscan.broker import publish_job
+    from idcscan.core.db import Job
+    from idcscan.worker.reconciler import reconcile
+    from tests.api.conftest import plain_tiff
+
+    upgrade(postgres_url)
+    settings = get_settings(
+        data_dir=tmp_path / "data", database_url=postgres_url, broker_url=own_redis.url
+    )
+    service = serve(settings)
+    key = service.add_client()
+    own_redis.kill()
+    response = service.submit(key, plain_tiff(tmp_path / "s.tiff", mpp=0.5), name="s.tiff")
+    assert response.status_code == 202, response.text
+    job_id = uuid.UUID(response.json()["id"])
+    with service.db() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.published_at is None
+
+    own_redis.start()
+    assert service.published() == []
+    done = reconcile(settings, service.db, lambda j: publish_job(j, settings))
+    assert done.republished == [job_id]
+    assert len(service.published()) == 1
+    # Published now: the next round leaves it alone while it waits in line.
+    assert reconcile(settings, service.db, lambda j: publish_job(j, settings)).republished == []

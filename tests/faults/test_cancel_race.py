@@ -25,8 +25,6 @@ from idcscan.core.db import (
     JobStatus,
     SlideResult,
     TileScore,
-    make_engine,
-    make_sessionmaker,
     transaction,
 )
 from idcscan.core.settings import Settings
@@ -63,16 +61,9 @@ def _rows(sessions: sessionmaker[Session], job_id: uuid.UUID) -> int:
 
 @pytest.fixture
 def with_tiny_model(
-    service_settings: Settings, make_job: Callable[[Settings], Callable[..., uuid.UUID]]
+    service_settings: Settings, activate_tiny_model: Callable[[Settings], None]
 ) -> Settings:
-    """The tiny ONNX model registered and active before the API starts (a job made and dropped)."""
-    job_id = make_job(service_settings)(str(SAMPLE_PATIENTS / "8916"))
-    engine = make_engine(service_settings.database)
-    try:
-        with transaction(make_sessionmaker(engine)) as session:
-            session.execute(Job.__table__.delete().where(Job.id == job_id))
-    finally:
-        engine.dispose()
+    activate_tiny_model(service_settings)
     return service_settings
 
 

@@ -276,8 +276,18 @@ def test_reconciler_republishes_stuck_jobs(
     expired = new_job(str(SAMPLE_PATIENTS / "8916"))
     hopeless = new_job(str(SAMPLE_PATIENTS / "8916"))
     past = utcnow() - timedelta(seconds=settings.lease_s + 1)
+    message_lost = new_job(str(SAMPLE_PATIENTS / "8916"))
+    in_line = new_job(str(SAMPLE_PATIENTS / "8916"))
+    beyond_window = utcnow() - timedelta(seconds=settings.visibility_timeout_s + 1)
     with sessions() as session, session.begin():
-        session.execute(update(Job).where(Job.id == never_started).values(updated_at=past))
+        # never_started: its publish failed (published_at null); fresh: published just now.
+        session.execute(update(Job).where(Job.id == fresh).values(published_at=utcnow()))
+        # Published longer ago than the broker's visibility window: the message may be lost.
+        session.execute(
+            update(Job).where(Job.id == message_lost).values(published_at=beyond_window)
+        )
+        # Waiting in line for longer than a lease, but within the window: not published again.
+        session.execute(update(Job).where(Job.id == in_line).values(published_at=past))
         session.execute(
             update(Job)
             .where(Job.id == expired)
@@ -295,11 +305,12 @@ def test_reconciler_republishes_stuck_jobs(
         )
     published: list[uuid.UUID] = []
     done = reconcile(settings, sessions, published.append)
-    assert sorted(published, key=str) == sorted([never_started, expired], key=str)
+    assert sorted(published, key=str) == sorted([never_started, expired, message_lost], key=str)
     assert done.failed == [hopeless]
     assert (
         job(sessions, expired).status == JobStatus.QUEUED
         and job(sessions, fresh).status == JobStatus.QUEUED
+        and job(sessions, in_line).status == JobStatus.QUEUED
     )
     assert job(sessions, hopeless).error_kind == ErrorKind.WORKER_LOST
     # Touched jobs are not republished on the next tick.
