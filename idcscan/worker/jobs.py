@@ -50,6 +50,13 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.25
 # Tile scores per INSERT statement.
 INSERT_CHUNK = 5000
+# A slide's deadline beyond `slide_deadline_min_s`: time to read its bytes from a slow share and
+# to score its tiles on a slow CPU (the reference model scores thousands of tiles a second; this
+# allows 20), so that only a reader that is stuck, not one that is slow, meets it.
+READ_BYTES_PER_S = 5_000_000
+SECONDS_PER_TILE = 0.05
+# After a deadline, how long the scoring thread has to notice before its process is ended.
+HANG_GRACE_S = 5.0
 # First and longest pause between tries of a job's ending while the database is unreachable.
 OUTAGE_RETRY_FIRST_S = 0.2
 OUTAGE_RETRY_MAX_S = 5.0
@@ -105,13 +112,28 @@ class Claim:
 
 
 class Heartbeat:
-    """Writes progress (throttled) and renews the lease from a thread; notices cancellation."""
+    """Writes progress (throttled) and renews the lease from a thread; notices cancellation; and
+    watches the slide's deadline, calling `on_deadline(self)` once it has passed.
 
-    def __init__(self, sessions: sessionmaker[Session], claim: Claim, lease_s: int) -> None:
+    The watch lives in this thread, not in the one that reads the slide, because a reader stuck
+    in a system call or in OpenSlide's C code never comes back to check a clock.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        claim: Claim,
+        lease_s: int,
+        on_deadline: Callable[[Heartbeat], None] | None = None,
+    ) -> None:
         self.sessions, self.claim, self.lease_s = sessions, claim, lease_s
         self.done = 0
         self.total: int | None = None
         self.lost = threading.Event()
+        self.timed_out = threading.Event()
+        self.deadline_s: float | None = None
+        self._on_deadline = on_deadline
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._written: tuple[int, int | None] = (0, None)
         self._renewed = time.monotonic()
@@ -122,6 +144,23 @@ class Heartbeat:
 
     def stopped(self) -> bool:
         return self.lost.is_set()
+
+    def set_deadline(self, seconds: float) -> None:
+        """The slide must be done `seconds` after the claim."""
+        self.deadline_s = seconds
+
+    def scoring_returned(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the scoring thread to leave this heartbeat's block."""
+        return self._stop.wait(timeout)
+
+    def _check_deadline(self) -> None:
+        if self.deadline_s is None or self.timed_out.is_set():
+            return
+        if time.monotonic() - self._started > self.deadline_s:
+            self.timed_out.set()
+            self.lost.set()  # a scoring loop that still runs stops at its next batch
+            if self._on_deadline is not None:
+                self._on_deadline(self)
 
     def _write(self) -> None:
         with transaction(self.sessions) as session:
@@ -141,6 +180,10 @@ class Heartbeat:
 
     def _loop(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
+            try:
+                self._check_deadline()
+            except Exception:
+                log.exception("job %s: ending a job past its deadline failed", self.claim.job_id)
             due = time.monotonic() - self._renewed > self.lease_s / 3
             if due or (self.done, self.total) != self._written:
                 try:
@@ -165,9 +208,14 @@ class JobRunner:
         models: ModelCache,
         timeout_errors: tuple[type[BaseException], ...] = (),
         storage: Storage | None = None,
+        on_hang: Callable[[], None] | None = None,
     ) -> None:
+        """`on_hang` is called when a slide's reader is still stuck `HANG_GRACE_S` after the job
+        was ended as `timeout`: a Celery pool process ends itself there (the pool starts a new
+        one), so that the slot is free again; by default the stuck thread is only logged."""
         self.settings, self.sessions, self.models = settings, sessions, models
         self.storage = storage or Storage(settings.storage)
+        self.on_hang = on_hang
         self.timeout_errors = timeout_errors
 
     # -- claim ------------------------------------------------------------------------------
@@ -215,8 +263,9 @@ class JobRunner:
             )
             return "skipped"
         log.info("job %s: claimed by %s", job_id, claim.owner)
+        heartbeat = Heartbeat(self.sessions, claim, self.settings.lease_s, self._past_deadline)
         try:
-            with Heartbeat(self.sessions, claim, self.settings.lease_s) as heartbeat:
+            with heartbeat:
                 score = self._score(claim, heartbeat)
                 files = outputs.render(score)
                 uris = {
@@ -228,6 +277,8 @@ class JobRunner:
             return self._through_outage(claim, lambda: self._succeed(claim, score, uris))
         except Cancelled:
             self._discard(claim)
+            if heartbeat.timed_out.is_set():
+                return "failed"  # ended as `timeout` by the heartbeat's watch
             log.info("job %s: stopped (cancelled or lease taken over)", job_id)
             return "cancelled"
         except InvalidInput as exc:
@@ -247,6 +298,29 @@ class JobRunner:
             log.exception("job %s: internal error", job_id)
             self._fail(claim, ErrorKind.INTERNAL, f"internal error: {exc.__class__.__name__}")
             return "failed"
+
+    def deadline_s(self, slide_bytes: int, tiles: int) -> float:
+        """How long one slide may take: the least any slide gets, plus time for its size, within
+        the task's soft limit (which stays the outer bound)."""
+        budget = (
+            self.settings.slide_deadline_min_s
+            + slide_bytes / READ_BYTES_PER_S
+            + tiles * SECONDS_PER_TILE
+        )
+        return min(budget, float(self.settings.soft_time_limit_s))
+
+    def _past_deadline(self, heartbeat: Heartbeat) -> None:
+        """In the heartbeat's thread: end the job as `timeout` now, whatever the reader does; if
+        the reader does not come back, end the process that holds it (`on_hang`)."""
+        claim = heartbeat.claim
+        seconds = heartbeat.deadline_s or 0.0
+        log.warning("job %s: past its deadline of %.0f s", claim.job_id, seconds)
+        self._fail(claim, ErrorKind.TIMEOUT, f"the slide took longer than its {seconds:.0f} s")
+        if heartbeat.scoring_returned(HANG_GRACE_S):
+            return
+        log.error("job %s: the slide's reader is stuck past its deadline", claim.job_id)
+        if self.on_hang is not None:
+            self.on_hang()
 
     def _through_outage(self, claim: Claim, ending: Callable[[], T]) -> T:
         """`ending()`, tried again while the database is unreachable, for as long as a lease.
@@ -305,6 +379,15 @@ class JobRunner:
 
     def _score(self, claim: Claim, heartbeat: Heartbeat) -> SlideScore:
         slide_uri = self._stored(claim.slide_uri, "slides", "slide", "slide-outside-storage")
+        key = self.storage.key_of(slide_uri)
+        slide_bytes = self.storage.size(key) if key and self.storage.exists(key) else 0
+        heartbeat.set_deadline(self.deadline_s(slide_bytes, 0))
+
+        def progress(done: int, total: int) -> None:
+            if heartbeat.total is None:  # the tiles are known: the deadline grows with them
+                heartbeat.set_deadline(self.deadline_s(slide_bytes, total))
+            heartbeat.progress(done, total)
+
         labels_uri = claim.labels_uri and self._stored(
             claim.labels_uri, "labels", "labels file", "labels-outside-storage"
         )
@@ -326,7 +409,7 @@ class JobRunner:
                 model,
                 batch_size=self.settings.batch_size,
                 truth=truth,
-                on_progress=heartbeat.progress,
+                on_progress=progress,
                 should_stop=heartbeat.stopped,
             )
 
@@ -344,11 +427,11 @@ class JobRunner:
                 tiles_done=len(score.rows),
                 tiles_total=len(score.rows),
             ):
-                # Cancelled while the outputs were stored (the files go), or taken over after
-                # the lease ran out (the files are the new owner's to rewrite).
+                # Cancelled (or past its deadline) while the outputs were stored: the files go.
+                # Taken over after the lease ran out: the files are the new owner's to rewrite.
                 session.rollback()
                 if self._discard(claim):
-                    log.info("job %s: cancelled before its results were committed", claim.job_id)
+                    log.info("job %s: ended before its results were committed", claim.job_id)
                     return "cancelled"
                 log.info(
                     "job %s: lease lost before commit; results left to the new owner", claim.job_id
