@@ -11,6 +11,8 @@ Why each setting (see ARCHITECTURE.md, principle 3):
 - soft limit (90%) below the hard limit, the broker's visibility timeout above it: a slow job is
   stopped cleanly first and never redelivered while it still runs (Redis; the embedded SQL
   transport has no visibility timeout, see `transport_options`).
+- running jobs survive a lost broker connection (not cancelled): Redis restarting costs no job
+  an attempt; the unacked message comes back and is skipped, the job being finished.
 - no result backend: results live in the database, tasks return nothing.
 - JSON only: tasks carry a job id, never pickled objects.
 """
@@ -49,7 +51,10 @@ def reliability(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": QUEUE,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A lost broker connection must not kill running jobs: each would lose an attempt to an
+        # outage of ours. The job goes on and finishes in the database; its message, whose ack
+        # cannot reach the new connection, is redelivered and skipped (the job is finished).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
     }
 
