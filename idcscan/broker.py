@@ -104,3 +104,23 @@ def publish_job(job_id: uuid.UUID, settings: Settings) -> None:
         retry=True,
         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
     )
+
+
+def queue_depth(settings: Settings) -> int | None:
+    """Messages waiting in the scoring queue of a Redis broker; None for the embedded SQL
+    broker, whose messages live in its SQLite file and are lost only with it.
+
+    Redis can lose what it holds (FLUSHALL, a restart without its append-only file): a queued
+    job then waits in vain. When the queue is empty, the reconciler knows that every job still
+    queued after a lease has lost its message, instead of waiting out the visibility window.
+    """
+    if not settings.broker.startswith(("redis://", "rediss://")):
+        return None
+    from kombu import Connection
+
+    with (
+        Connection(settings.broker, connect_timeout=2) as connection,
+        connection.channel() as channel,
+    ):
+        # Not passive: a Redis queue that lost its key reads as empty, not as an error.
+        return int(channel.queue_declare(QUEUE).message_count)

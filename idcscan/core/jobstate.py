@@ -239,17 +239,22 @@ def requeue_lost(
     return requeued, failed
 
 
-def due_for_publish(session: Session, *, window_s: int, now: datetime) -> list[uuid.UUID]:
+def due_for_publish(
+    session: Session, *, window_s: int, now: datetime, lost_after_s: int | None = None
+) -> list[uuid.UUID]:
     """Queued jobs whose message may be lost, marked as published now (the caller publishes
     them): never published (the API's publish failed) or last published longer ago than the
     broker's visibility window. A job only waiting in line behind others is left alone: its
-    message is in the queue, and another would be a duplicate delivery."""
+    message is in the queue, and another would be a duplicate delivery. `lost_after_s` is given
+    when the broker's queue is known to be empty: then every job published longer ago than that
+    lost its message (a worker claims a job within moments of taking its message)."""
+    age_s = window_s if lost_after_s is None else min(window_s, lost_after_s)
     return list(
         session.scalars(
             update(Job)
             .where(
                 Job.status == JobStatus.QUEUED.value,
-                Job.published_at.is_(None) | (Job.published_at < now - timedelta(seconds=window_s)),
+                Job.published_at.is_(None) | (Job.published_at < now - timedelta(seconds=age_s)),
             )
             .values(published_at=now)
             .returning(Job.id)

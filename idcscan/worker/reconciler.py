@@ -3,7 +3,8 @@
 Run every `reconcile_interval_s` by `idcscan scheduler` (which `idcscan worker --beat` starts
 beside the worker in the embedded mode):
 - a `queued` job is published again when it never was (the API's publish failed) or its last
-  publish is older than the broker's visibility window (the message may be lost); a job merely
+  publish is older than the broker's visibility window (the message may be lost), or, when the
+  Redis queue is empty (FLUSHALL, a restart without its data), older than a lease; a job merely
   waiting in line is left alone, so a backlog is not delivered twice;
 - a `running` job whose lease expired lost its worker: back to `queued` and published, or, out of
   attempts, `failed` as `worker_lost`.
@@ -45,14 +46,29 @@ class Reconciled:
 
 
 def reconcile(
-    settings: Settings, sessions: sessionmaker[Session], publish: Callable[[uuid.UUID], None]
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    publish: Callable[[uuid.UUID], None],
+    queue_depth: Callable[[], int | None] = lambda: None,
 ) -> Reconciled:
+    """One round. `queue_depth()` is the broker's count of waiting messages, None if unknown: an
+    empty queue tells that jobs still queued after a lease lost their messages."""
+    try:
+        empty = queue_depth() == 0
+    except Exception:
+        log.warning("reconciler: the broker's queue depth is unknown", exc_info=True)
+        empty = False
     now = utcnow()
     with transaction(sessions) as session:
         requeued, failed = jobstate.requeue_lost(
             session, max_attempts=settings.max_attempts, now=now
         )
-        stale = jobstate.due_for_publish(session, window_s=settings.visibility_timeout_s, now=now)
+        stale = jobstate.due_for_publish(
+            session,
+            window_s=settings.visibility_timeout_s,
+            now=now,
+            lost_after_s=settings.lease_s if empty else None,
+        )
     republished, failed_to_publish = [], []
     for job_id in requeued + stale:
         try:
@@ -78,7 +94,7 @@ def run_forever(
 ) -> None:
     """Reconcile every `reconcile_interval_s` until `stop` is set, and collect storage garbage
     every `gc_interval_s`; a failed round is logged, not fatal."""
-    from idcscan.broker import publish_job
+    from idcscan.broker import publish_job, queue_depth
 
     stop = stop or threading.Event()
     engine = make_engine(settings.database)
@@ -89,7 +105,12 @@ def run_forever(
     try:
         while not stop.wait(settings.reconcile_interval_s):
             try:
-                reconcile(settings, sessions, lambda job_id: publish_job(job_id, settings))
+                reconcile(
+                    settings,
+                    sessions,
+                    lambda job_id: publish_job(job_id, settings),
+                    lambda: queue_depth(settings),
+                )
             except Exception:
                 log.exception("reconciler: round failed")
             if collected_at is None or time.monotonic() - collected_at >= gc_interval_s:
