@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -17,6 +18,23 @@ from tests.api.conftest import serve, service_settings  # noqa: F401
 from tests.conftest import SAMPLE_PATIENTS
 from tests.faults.servers import PostgresCluster, RedisServer
 from tests.worker.conftest import make_job, tiny_model  # noqa: F401
+
+
+@pytest.fixture(scope="session")
+def long_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tissue-coloured 4000 x 4000 px pyramid at 4 um/px: 6,400 tiles, seconds to score (long
+    enough to hit a job in the middle)."""
+    import numpy as np
+
+    from idcscan.worker.assemble import write_pyramid
+
+    rng = np.random.default_rng(0)
+    pixels = np.empty((4000, 4000, 3), np.uint8)
+    pixels[...] = (200, 110, 160)
+    pixels[::7, ::3] = rng.integers(60, 200, (pixels[::7, ::3].shape), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("long") / "long.tiff"
+    write_pyramid(pixels, path, mpp=4.0)
+    return path
 
 
 @pytest.fixture(scope="session")

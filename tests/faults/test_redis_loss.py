@@ -9,31 +9,17 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from idcscan.broker import publish_job
 from idcscan.core.db import Job, JobStatus, make_engine, make_sessionmaker
 from idcscan.core.migrate import upgrade
 from idcscan.core.settings import Settings, get_settings
-from idcscan.worker.assemble import write_pyramid
 from tests.faults.checks import assert_consistent
 from tests.faults.servers import RedisServer
 from tests.processes import idcscan_process, wait_for_line
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def long_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tissue-coloured 4000 x 4000 px pyramid at 4 um/px: 6,400 tiles, seconds to score."""
-    rng = np.random.default_rng(0)
-    pixels = np.empty((4000, 4000, 3), np.uint8)
-    pixels[...] = (200, 110, 160)
-    pixels[::7, ::3] = rng.integers(60, 200, (pixels[::7, ::3].shape), dtype=np.uint8)
-    path = tmp_path_factory.mktemp("long") / "long.tiff"
-    write_pyramid(pixels, path, mpp=4.0)
-    return path
 
 
 def test_redis_killed_mid_job_costs_no_attempt(
