@@ -26,10 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from idcscan.core.tiles import TileSpec
 from idcscan.trainer import train
 from idcscan.trainer.data import load_patches
-from idcscan.trainer.evaluate import choose_threshold, evaluate_patches, fold_summary, json_safe
-from idcscan.trainer.export import export_run, update_identity
+from idcscan.trainer.evaluate import (
+    choose_threshold,
+    evaluate_patches,
+    fold_summary,
+    json_safe,
+    split_report,
+)
+from idcscan.trainer.export import export_run, split_identity, torch_probabilities, update_identity
 from idcscan.trainer.options import add_compare_arguments
 from idcscan.trainer.report import (
     comparison_markdown,
@@ -133,7 +140,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         np.nanargmax([a if a is not None else np.nan for a in best["cv"]["best_val_auroc"]])
     )
     runs = [out / best["name"] / f"fold-{f}" for f in range(folds)]
-    shipped, variants = finalize(args, best, best_fold, runs, splits, patches, out)
+    shipped, variants, graph = finalize(args, best, best_fold, runs, splits, patches, out)
 
     final: dict[str, Any] = {}
     if final_test:
@@ -148,6 +155,31 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 "confusion": {k: final[shipped]["overall"][k] for k in ("tp", "fp", "tn", "fn")},
                 "test_patients": list(final_test),
             },
+        )
+        # The same patients through torch: what the shipped file must reproduce (a test checks
+        # it on the bundled sample patients), independent of onnxruntime.
+        threshold = variants[shipped]["threshold"]
+        torch_figures = split_report(
+            test_set.labels,
+            torch_probabilities(graph, test_set.tiles, TileSpec()),
+            test_set.patients,
+            threshold,
+        )
+        best_metrics = json.loads((runs[best_fold] / "metrics.json").read_text())
+        (out / "best.metrics.json").write_text(
+            json.dumps(
+                json_safe(
+                    {
+                        **{k: best_metrics[k] for k in ("arch", "width", "balance", "augment")},
+                        "variant": shipped,
+                        "threshold": threshold,
+                        "threshold_rule": best_metrics["threshold_rule"],
+                        "split": split_identity(best_metrics["split"]),
+                        "test": torch_figures,
+                    }
+                ),
+                indent=2,
+            )
         )
         plot_confusion(
             final[shipped]["overall"],
@@ -189,15 +221,16 @@ def finalize(
     splits: list[Any],
     patches: Any,
     out: Path,
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, dict[str, Any], Any]:
     """The inference variants of the best configuration (TTA by cross-validation, the fold
     ensemble), exported and timed; the chosen one copied to `OUT/best.onnx`."""
+    from idcscan.trainer.export import load_run
     from idcscan.trainer.variants import choose_variant, export_variants, tta_cross_validation
 
     val_set = patches.of_patients(splits[best_fold].val)
     if len(runs) == 1:  # one split: no folds to ensemble, no folds to cross-validate TTA on
         summary = export_run(runs[0], out / "best.onnx", val_set.tiles, val_set.labels, args.int8)
-        return "tta-1", {"tta-1": summary}
+        return "tta-1", {"tta-1": summary}, load_run(runs[0])[0]
     tta = tta_cross_validation(runs, splits, patches, args.threshold_rule, args.min_sensitivity)
     # The ensemble's threshold: the rule applied to the members' pooled held-out probabilities
     # (each member's honest output on patients it never saw), as no patient is unseen by all.
@@ -208,7 +241,9 @@ def finalize(
         args.threshold_rule,
         args.min_sensitivity,
     )
-    variants = export_variants(runs, best_fold, tta, ensemble_threshold, out / "variants", val_set)
+    variants, graphs = export_variants(
+        runs, best_fold, tta, ensemble_threshold, out / "variants", val_set
+    )
     for views, summary in tta.items():
         variants[f"tta-{views}"]["cv"] = summary
     shipped = choose_variant(tta, variants)
@@ -217,7 +252,7 @@ def finalize(
         variants["int8"] = export_run(
             runs[best_fold], out / "single.onnx", val_set.tiles, val_set.labels, int8=True
         )["int8"]
-    return shipped, variants
+    return shipped, variants, graphs[shipped]
 
 
 if __name__ == "__main__":

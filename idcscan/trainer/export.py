@@ -55,8 +55,23 @@ def model_version(model: torch.nn.Module, metrics: dict[str, Any]) -> str:
     return f"idc-{metrics['arch']}-w{metrics['width']:g}-{metrics['balance']}-{digest.hexdigest()[:10]}"
 
 
+def split_identity(split: dict[str, Any]) -> dict[str, Any]:
+    """The split as a model's identity states it. In a cross-validation fold, "test" is the fold's
+    held-out patients (`held_out`), and the patients the whole comparison set aside are `test`."""
+    if "set_aside_test" not in split:
+        return split
+    return {
+        "method": split["method"],
+        "train": split["train"],
+        "val": split["val"],
+        "held_out": split["test"],
+        "test": split["set_aside_test"],
+    }
+
+
 def identity(version: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """What the model is and what it saw; `models register` reads test figures from here."""
+    """What the model is and what it saw; `models register` reads test figures from here (for a
+    cross-validation fold: its held-out patients, until `compare` scores the set-aside test)."""
     test = metrics["test"]["overall"]
     return {
         "version": version,
@@ -73,7 +88,7 @@ def identity(version: str, metrics: dict[str, Any]) -> dict[str, Any]:
             # Counts, not the folder: the file travels to machines where that path means nothing.
             "data": {k: v for k, v in metrics["data"].items() if k != "root"},
             "dataset": "Breast Histopathology Images (Janowczyk & Madabhushi 2016)",
-            "split": metrics["split"],
+            "split": split_identity(metrics["split"]),
         },
         "val_metrics": metrics["val"]["overall"],
         "test_metrics": test,

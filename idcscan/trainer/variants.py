@@ -147,12 +147,13 @@ def export_variants(
     ensemble_threshold: float,
     out: Path,
     parity: PatchSet,
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, ScoringGraph]]:
     """Every variant as ONNX under `out`: `tta-<views>` of the best fold's model (views 1 is the
-    plain model) and `ensemble-<K>` of all fold models."""
+    plain model) and `ensemble-<K>` of all fold models; their summaries, and the torch graphs."""
     out.mkdir(parents=True, exist_ok=True)
     tiles = parity.tiles[:PARITY_PATCHES]
     exported: dict[str, dict[str, Any]] = {}
+    graphs: dict[str, ScoringGraph] = {}
     head, metrics = load_run(runs[best_fold])
     base_version = model_version(head, metrics)
     for views in TTA_VIEWS:
@@ -169,6 +170,7 @@ def export_variants(
             graph, out / f"tta-{views}.onnx", run_spec(metrics, version, threshold), ident, tiles
         )
         exported[f"tta-{views}"] = {**summary, "views": views, "members": 1}
+        graphs[f"tta-{views}"] = graph
     members = [load_run(run)[0] for run in runs]
     graph = ScoringGraph(members, views=1).eval()
     version = f"{base_version}-ensemble{len(members)}"
@@ -181,6 +183,7 @@ def export_variants(
         graph, out / f"{name}.onnx", run_spec(metrics, version, ensemble_threshold), ident, tiles
     )
     exported[name] = {**summary, "views": 1, "members": len(members)}
+    graphs[name] = graph
     speed_tiles = np.resize(parity.tiles, (THROUGHPUT_PATCHES, *parity.tiles.shape[1:]))
     for entry in exported.values():
         entry["tiles_per_s"] = tiles_per_second(Path(entry["onnx"]), speed_tiles)
@@ -188,7 +191,7 @@ def export_variants(
     for entry in exported.values():
         entry["slowdown"] = single / entry["tiles_per_s"]
     (out / "variants.json").write_text(json.dumps(exported, indent=2))
-    return exported
+    return exported, graphs
 
 
 def choose_variant(tta: dict[int, dict[str, Any]], exported: dict[str, dict[str, Any]]) -> str:

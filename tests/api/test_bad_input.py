@@ -14,6 +14,7 @@ from idcscan.core.db import Client
 from tests.conftest import SAMPLE_SVS
 
 from .conftest import KOMBU_NOLOAD, Service, assert_rejected, plain_tiff
+from .test_tenancy import tenant
 
 pytestmark = [pytest.mark.integration, KOMBU_NOLOAD]
 
@@ -114,12 +115,10 @@ def test_a_slide_uri_no_file_can_have_is_422(service: Service, uri: str) -> None
 
 @pytest.mark.parametrize("labels", ["missing.csv", "cases", "cases/", "case.tiff/labels.csv"])
 def test_a_labels_uri_that_names_no_file_is_422(service: Service, labels: str) -> None:
-    root = Path(service.settings.slide_uri_root or "")
+    key, root = tenant(service)  # the client's own folder under the slide_uri root
     (root / "cases").mkdir()
     plain_tiff(root / "case.tiff", mpp=4.0)
-    response = service.post(
-        "/v1/jobs", service.add_client(), json={"slide_uri": "case.tiff", "labels_uri": labels}
-    )
+    response = service.post("/v1/jobs", key, json={"slide_uri": "case.tiff", "labels_uri": labels})
     assert_rejected(service, response, 422, "labels-not-found")
 
 

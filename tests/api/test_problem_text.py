@@ -8,7 +8,6 @@ exception class) and checks what the client gets.
 
 from __future__ import annotations
 
-import io
 import re
 import uuid
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 import requests
-from PIL import Image
 
 from idcscan.api.problems import INVALID_INPUT_TEXT, job_error_text
 from idcscan.core.db import ErrorKind, Job, JobStatus, transaction
@@ -41,19 +39,15 @@ def assert_fixed(response: requests.Response, tmp_path: Path, *echoes: str) -> d
     return body
 
 
-def _png(size: int = 64) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (size, size), (200, 120, 160)).save(out, "PNG")
-    return out.getvalue()
-
-
 def test_a_damaged_image_gets_the_fixed_text_of_its_cause(service: Service, tmp_path: Path) -> None:
-    png = _png()
-    cut = tmp_path / "cut.png"
-    cut.write_bytes(png[: len(png) // 2])  # Pillow: "image file is truncated"
-    response = service.submit(service.add_client(), cut, name="cut.png")
+    # The API judges headers only (it decodes no image): a slide cut in half fails OpenSlide's
+    # open, whose message names the file and libtiff's complaint.
+    svs = SAMPLE_SVS.read_bytes()
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(svs[: len(svs) // 2])
+    response = service.submit(service.add_client(), cut, name="cut.svs")
     assert_rejected(service, response, 422, "truncated-slide")
-    body = assert_fixed(response, tmp_path, "image file is truncated")
+    body = assert_fixed(response, tmp_path, "TIFF", "penSlide", "cut.svs")
     assert body["detail"] == INVALID_INPUT_TEXT["truncated-slide"]
 
 

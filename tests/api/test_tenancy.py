@@ -89,7 +89,8 @@ def test_another_clients_slide_answers_exactly_as_an_absent_one(service: Service
             f"{intruder}/../{owner.name}/{name}",
         ]
     answers = {}
-    for uri in [*names, "absent.tiff", "../../../etc/passwd", "a\x00b", "s3://bucket/x.svs"]:
+    # (A NUL is refused by the schema for any name, whatever exists: tests/api/test_bad_input.py.)
+    for uri in [*names, "absent.tiff", "../../../etc/passwd", "s3://bucket/x.svs"]:
         response = service.post("/v1/jobs", intruder_key, json={"slide_uri": uri})
         answers[uri] = refusal(response)
     assert set(answers.values()) == {NOT_FOUND}, answers

@@ -74,6 +74,11 @@ def test_compare_cross_validates_selects_and_ships_a_variant(
     final = report["final_test"][report["shipped"]]
     assert final["patients"] == ["8916"]
     assert model.manifest.identity["test_metrics"]["fn"] == final["overall"]["fn"]
+    # ... and through torch, recorded beside the model: onnxruntime reproduces it.
+    recorded = json.loads((out / "best.metrics.json").read_text())
+    assert recorded["split"]["test"] == ["8916"]
+    for key in ("tp", "fp", "tn", "fn"):
+        assert abs(recorded["test"]["overall"][key] - final["overall"][key]) <= 1
     card = (out / "MODEL_CARD.md").read_text()
     assert "Cross-validated figures" in card and "<IDC dataset>" in card
     assert str(tiny_dataset) not in card  # no local path in what may be committed
