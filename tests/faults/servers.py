@@ -16,11 +16,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
 from idcscan.processes import free_port
+from tests.conftest import service_missing
 
-PG_BIN = Path(os.environ.get("IDCSCAN_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path | None:
+    """The PostgreSQL server's programs: IDCSCAN_TEST_PG_BIN, else the newest Debian package's."""
+    if "IDCSCAN_TEST_PG_BIN" in os.environ:
+        return Path(os.environ["IDCSCAN_TEST_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+PG_BIN = _pg_bin()
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
@@ -33,8 +41,10 @@ class PostgresCluster:
     `stop("immediate")` must not lose a committed row."""
 
     def __init__(self) -> None:
-        if not (PG_BIN / "initdb").exists():
-            pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN}")
+        if PG_BIN is None or not (PG_BIN / "initdb").exists():
+            service_missing("PostgreSQL server programs (initdb, pg_ctl) not found")
+        assert PG_BIN is not None
+        self.bin = PG_BIN
         self.folder = Path(tempfile.mkdtemp(prefix="idcscan-pg-"))
         self.data = self.folder / "data"
         self.log = self.folder / "postgres.log"
@@ -42,7 +52,7 @@ class PostgresCluster:
             shutil.chown(self.folder, "postgres", "postgres")
         self.port = free_port()
         self._run(
-            PG_BIN / "initdb",
+            self.bin / "initdb",
             "-D",
             str(self.data),
             "-A",
@@ -70,7 +80,7 @@ class PostgresCluster:
             "-c fsync=off -c full_page_writes=off"
         )
         self._run(
-            PG_BIN / "pg_ctl",
+            self.bin / "pg_ctl",
             "-D",
             str(self.data),
             "-l",
@@ -83,7 +93,7 @@ class PostgresCluster:
 
     def stop(self, mode: str = "fast") -> None:
         """`fast` ends every session and shuts down; `immediate` is a crash."""
-        self._run(PG_BIN / "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+        self._run(self.bin / "pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
@@ -101,7 +111,7 @@ class RedisServer:
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server not found")
+            service_missing("redis-server not found")
         self.binary = binary
         self.folder = Path(tempfile.mkdtemp(prefix="idcscan-redis-"))
         self.port = free_port()
