@@ -3,7 +3,7 @@ with every reliability setting in one place, and `publish_job`, which the API (a
 job) and the reconciler call. It lives beside `cli.py`, outside both parts, because both use it;
 it imports Celery, never onnxruntime.
 
-Why each setting (see ARCHITECTURE.md, principle 3):
+Why each setting (see docs/ARCHITECTURE.md, principle 3):
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its job
   finished; a worker killed mid-job gives it back to the queue. The attempt cap lives in the
   database (`jobs.attempts`), so a slide that kills every worker ends as `worker_lost`.
@@ -94,7 +94,7 @@ def _app_for(settings: Settings) -> IdcscanCelery:
 def publish_job(job_id: uuid.UUID, settings: Settings) -> None:
     """Queue job `job_id` for scoring (task `idcscan.score_job`, its only argument the id).
 
-    The caller commits the job row first, then publishes (ARCHITECTURE.md, principle 2). A publish
+    The caller commits the job row first, then publishes (docs/ARCHITECTURE.md, principle 2). A publish
     that fails or a message that gets lost is not fatal: the reconciler re-publishes queued jobs
     that no worker started.
     """
