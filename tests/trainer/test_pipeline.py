@@ -72,7 +72,10 @@ def test_export_parity_and_metadata_round_trip(
     )
     identity = model.manifest.identity
     assert identity["architecture"] == "resnet18"
-    assert identity["trained_on"]["split"]["test"] == metrics["split"]["test"]
+    # A cross-validation fold names its held-out patients apart from the set-aside test.
+    split = identity["trained_on"]["split"]
+    assert split["held_out"] == metrics["split"]["test"]
+    assert split["test"] == metrics["split"]["set_aside_test"] == ["8916"]
     assert identity["confusion"] == {
         k: metrics["test"]["overall"][k] for k in ("tp", "fp", "tn", "fn")
     }
