@@ -1,14 +1,15 @@
-"""A job's life on a worker: claim with a lease, score, store the results once, or fail with a kind.
+"""A job's run on a worker: claim with a lease, score, store the outputs, end it once.
 
-Every state change is a conditional UPDATE on the job row (status, lease owner, lease expiry), so
-two deliveries of one job cannot both run it, a worker whose lease was taken over cannot write,
-and a cancelled job stops at the next batch. Results are written in one transaction together
-with the `succeeded` status: a job is either done with all its rows or has none.
+Every state change is a conditional UPDATE of `idcscan.core.jobstate` (status, lease owner,
+lease expiry), so two deliveries of one job cannot both run it, a worker whose lease was taken
+over cannot write, and a cancelled job stops at the next batch. Its rows (`worker.results`) are
+written in one transaction together with the `succeeded` status: a job is either done with all
+its rows or has none. The models come from `worker.modelcache`; storage, the model cache and
+`on_hang` are passed in, the seams tests use.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -19,37 +20,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from idcscan.core import jobstate
 from idcscan.core.db import (
-    ConfusionStat,
     ErrorKind,
     Job,
     JobStatus,
     Model,
-    SlideResult,
-    TileScore,
     transaction,
     utcnow,
 )
 from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import GroundTruth, parse_labels
-from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.outage import unavailable
 from idcscan.core.settings import Settings
 from idcscan.core.slides import open_slide
-from idcscan.core.storage import Storage, as_local_file, open_uri
-from idcscan.worker import outputs
+from idcscan.core.storage import Storage, open_uri
+from idcscan.worker import outputs, results
+from idcscan.worker.modelcache import ModelCache
 from idcscan.worker.pipeline import Cancelled, SlideScore, score_slide
 
 log = logging.getLogger(__name__)
 
 # Progress is written at most this often (and the lease renewed with it when due).
 PROGRESS_INTERVAL_S = 0.25
-# Tile scores per INSERT statement.
-INSERT_CHUNK = 5000
 # A slide's deadline beyond `slide_deadline_min_s`: time to read its bytes from a slow share and
 # to score its tiles on a slow CPU (the reference model scores thousands of tiles a second; this
 # allows 20), so that only a reader that is stuck, not one that is slow, meets it.
@@ -69,34 +64,6 @@ results_prefix = jobstate.results_prefix
 
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class ModelCache:
-    """One OnnxModel per model location in this process, created on first use (after the fork)."""
-
-    def __init__(self, settings: Settings, threads: int) -> None:
-        self.settings, self.threads = settings, threads
-        self._models: dict[str, OnnxModel] = {}
-
-    def get(self, location: str) -> OnnxModel:
-        if location not in self._models:
-            if "://" in location and not location.startswith("file://"):
-                target = (
-                    self.settings.data_dir
-                    / "model-cache"
-                    / (hashlib.sha256(location.encode()).hexdigest()[:32] + ".onnx")
-                )
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with as_local_file(location) as local:
-                        partial = target.with_suffix(".part")
-                        partial.write_bytes(local.read_bytes())
-                        partial.replace(target)
-                path = str(target)
-            else:
-                path = location.removeprefix("file://")
-            self._models[location] = OnnxModel(path, self.settings.execution_provider, self.threads)
-        return self._models[location]
 
 
 @dataclass(frozen=True)
@@ -416,7 +383,6 @@ class JobRunner:
     # -- endings ----------------------------------------------------------------------------
 
     def _succeed(self, claim: Claim, score: SlideScore, uris: dict[str, str]) -> str:
-        summary = score.summary
         with transaction(self.sessions) as session:
             if not jobstate.finish(
                 session,
@@ -437,42 +403,14 @@ class JobRunner:
                     "job %s: lease lost before commit; results left to the new owner", claim.job_id
                 )
                 return "lost"
-            write_tile_scores(session, claim.job_id, score)
-            session.add(
-                SlideResult(
-                    job_id=claim.job_id,
-                    model_id=claim.model_id,
-                    level=summary["level"],
-                    level_mpp=summary["level_mpp"],
-                    effective_mpp=summary["effective_mpp"],
-                    tissue_tiles=summary["tissue_tiles"],
-                    idc_tiles=summary["idc_tiles"],
-                    idc_area_mm2=summary["idc_area_mm2"],
-                    idc_fraction=summary["idc_fraction"],
-                    max_probability=summary["max_probability"],
-                    mean_probability=summary["mean_probability"],
-                    slide_call=summary["slide_call"],
-                    call_rule=summary["call_rule"],
-                    threshold=summary["threshold"],
-                    heatmap_uri=uris[outputs.HEATMAP],
-                    geojson_uri=uris[outputs.GEOJSON],
-                    tiles_csv_uri=uris[outputs.TILES_CSV],
-                )
+            results.write(
+                session,
+                score,
+                uris,
+                job_id=claim.job_id,
+                client_id=claim.client_id,
+                model_id=claim.model_id,
             )
-            if score.confusion is not None:
-                c = score.confusion
-                session.add(
-                    ConfusionStat(
-                        job_id=claim.job_id,
-                        client_id=claim.client_id,
-                        model_id=claim.model_id,
-                        threshold=summary["threshold"],
-                        tp=c.tp,
-                        fp=c.fp,
-                        tn=c.tn,
-                        fn=c.fn,
-                    )
-                )
         log.info("job %s: succeeded, %d tiles", claim.job_id, len(score.rows))
         return "succeeded"
 
@@ -503,33 +441,3 @@ class JobRunner:
             self.storage.delete(results_prefix(claim.job_id))
             return True
         return False
-
-
-def write_tile_scores(session: Session, job_id: uuid.UUID, score: SlideScore) -> None:
-    """Bulk insert, executemany in chunks (psycopg pipelines them). The caller deletes the job's
-    earlier rows in the same transaction, so a rerun replaces them; the (job, row, col) key makes
-    a duplicate impossible."""
-    labels = score.labels.tolist() if score.labels is not None else [None] * len(score.rows)
-    rows = [
-        {
-            "job_id": job_id,
-            "row": r,
-            "col": c,
-            "x": x,
-            "y": y,
-            "probability": p,
-            "label": None if lab is None or lab < 0 else lab,
-        }
-        for r, c, x, y, p, lab in zip(
-            score.rows.tolist(),
-            score.cols.tolist(),
-            score.x.tolist(),
-            score.y.tolist(),
-            score.probability.tolist(),
-            labels,
-            strict=True,
-        )
-    ]
-    stmt = insert(TileScore)
-    for start in range(0, len(rows), INSERT_CHUNK):
-        session.execute(stmt, rows[start : start + INSERT_CHUNK])

@@ -20,7 +20,8 @@ from celery.signals import worker_process_init
 from idcscan.broker import SCORE_TASK
 from idcscan.core.db import Model, make_engine, make_sessionmaker
 from idcscan.core.settings import Settings
-from idcscan.worker.jobs import JobRunner, ModelCache
+from idcscan.worker.jobs import JobRunner
+from idcscan.worker.modelcache import ModelCache
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from idcscan.core.db import (
 )
 from idcscan.core.settings import Settings
 from idcscan.core.storage import Storage
-from idcscan.worker.jobs import JobRunner, ModelCache, results_prefix
+from idcscan.worker.jobs import JobRunner, results_prefix
+from idcscan.worker.modelcache import ModelCache
 from tests.api.conftest import KOMBU_NOLOAD, Service
 from tests.conftest import SAMPLE_PATIENTS
 

@@ -21,7 +21,8 @@ from idcscan.core.db import Job, JobStatus, SlideResult, TileScore, make_engine,
 from idcscan.core.migrate import upgrade
 from idcscan.core.settings import Settings, get_settings
 from idcscan.core.storage import Storage
-from idcscan.worker.jobs import JobRunner, ModelCache, results_prefix
+from idcscan.worker.jobs import JobRunner, results_prefix
+from idcscan.worker.modelcache import ModelCache
 from tests.conftest import SAMPLE_PATIENTS
 from tests.faults.servers import PostgresCluster
 

@@ -14,6 +14,7 @@ from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from idcscan.core import jobstate
 from idcscan.core.db import (
     ConfusionStat,
     ErrorKind,
@@ -25,9 +26,11 @@ from idcscan.core.db import (
     make_sessionmaker,
     utcnow,
 )
+from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.settings import Settings, get_settings
 from idcscan.core.storage import Storage
-from idcscan.worker.jobs import JobRunner, ModelCache, results_prefix
+from idcscan.worker.jobs import JobRunner, results_prefix
+from idcscan.worker.modelcache import ModelCache
 from idcscan.worker.reconciler import reconcile
 from tests.conftest import SAMPLE_PATIENTS, SAMPLE_SVS
 
@@ -229,23 +232,24 @@ def test_no_tissue_is_a_valid_empty_result(
 
 
 def test_cancelled_job_stops_and_leaves_nothing(
-    runner: JobRunner, sessions: sessionmaker[Session], new_job: JobMaker, settings: Settings
+    sessions: sessionmaker[Session], new_job: JobMaker, settings: Settings
 ) -> None:
     job_id = new_job(str(SAMPLE_PATIENTS / "8916"))
-    real_score = runner._score
 
-    def cancel_then_score(claim, heartbeat):  # type: ignore[no-untyped-def]
-        with sessions() as session, session.begin():
-            session.execute(
-                update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED.value)
-            )
-        heartbeat._write()  # the next progress write notices, as it would between batches
-        return real_score(claim, heartbeat)
+    class CancelOnLoad(ModelCache):
+        """The real model cache; the job is cancelled (as the API's cancel does, through
+        jobstate) the moment the worker loads the model to score it."""
 
-    runner._score = cancel_then_score  # type: ignore[method-assign]
+        def get(self, location: str) -> OnnxModel:
+            with sessions() as session, session.begin():
+                assert jobstate.cancel(session, job_id, now=utcnow())
+            return super().get(location)
+
+    runner = JobRunner(settings, sessions, CancelOnLoad(settings, threads=1))
     assert runner.run(job_id) == "cancelled"
-    assert job(sessions, job_id).status == JobStatus.CANCELLED
-    assert count(sessions, TileScore, job_id) == 0
+    cancelled = job(sessions, job_id)
+    assert cancelled.status == JobStatus.CANCELLED and cancelled.lease_owner is None
+    assert count(sessions, TileScore, job_id) == count(sessions, SlideResult, job_id) == 0
     assert not Storage(settings.storage).exists(results_prefix(job_id))
 
 
