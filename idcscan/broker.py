@@ -1,6 +1,7 @@
 """The job queue between the API and the workers: the Celery app built from the core settings,
-with every reliability setting in one place, and `publish_job`, which the API (after committing a
-job) and the reconciler call. It lives beside `cli.py`, outside both parts, because both use it;
+with every reliability setting in one place; `publish_job`, which the API (after committing a
+job) and the reconciler call; `queue_depth` for the reconciler and `ping_broker` for the API's
+readiness. It lives beside `cli.py`, outside both parts, because both use it;
 it imports Celery, never onnxruntime.
 
 Why each setting (see docs/ARCHITECTURE.md, principle 3):
@@ -124,3 +125,11 @@ def queue_depth(settings: Settings) -> int | None:
     ):
         # Not passive: a Redis queue that lost its key reads as empty, not as an error.
         return int(channel.queue_declare(QUEUE).message_count)
+
+
+def ping_broker(settings: Settings) -> None:
+    """Raise when the broker cannot be reached within two seconds (the API's `/readyz`)."""
+    from kombu import Connection
+
+    with Connection(settings.broker, connect_timeout=2) as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)

@@ -32,7 +32,6 @@ from idcscan.api import logs
 from idcscan.api.auth import audit, caller
 from idcscan.api.probe import probe_slide
 from idcscan.api.problems import Problem, accepts, job_error_text, not_found
-from idcscan.api.queue import publish
 from idcscan.api.schemas import (
     MAX_ID,
     IdempotencyHeader,
@@ -54,6 +53,7 @@ from idcscan.api.upload import (
     resolve_slide_uri,
     stage_shared_file,
 )
+from idcscan.broker import publish_job
 from idcscan.core import jobstate
 from idcscan.core.db import Job, Model, transaction, utcnow
 from idcscan.core.errors import InvalidInput
@@ -220,7 +220,7 @@ def submit() -> Any:
     g.job_id = str(job.id)
     log.info("job accepted", extra=logs.context())
     try:
-        publish(job.id, settings)
+        publish_job(job.id, settings)
     except Exception:
         log.warning(
             "publish failed; the reconciler will re-publish", exc_info=True, extra=logs.context()
