@@ -29,7 +29,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from idcscan.api import logs
-from idcscan.api.auth import audit, caller
+from idcscan.api.audit import audit
+from idcscan.api.auth import caller
 from idcscan.api.probe import probe_slide
 from idcscan.api.problems import Problem, accepts, job_error_text, not_found
 from idcscan.api.schemas import (
