@@ -30,6 +30,7 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 from idcscan import __version__
 from idcscan.api.problems import Problem
 from idcscan.core.db import JobStatus
+from idcscan.core.summary import SlideCall
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class SlideResultOut(BaseModel):
     idc_fraction: float
     max_probability: float | None
     mean_probability: float | None
-    slide_call: str
+    slide_call: SlideCall
     call_rule: str
     threshold: float
     level: int
