@@ -21,6 +21,17 @@ from tests.worker.conftest import make_job, tiny_model  # noqa: F401
 
 
 @pytest.fixture(scope="session")
+def patient_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Patient 8916's patches as one zip, the way the API stores an upload: a single blob that
+    the job names, so the reconciler's storage GC keeps it (a copied folder's files keep their
+    old times and are named by no job, so the GC removes them under a running test)."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("patient") / "8916"
+    return Path(shutil.make_archive(str(base), "zip", SAMPLE_PATIENTS, "8916"))
+
+
+@pytest.fixture(scope="session")
 def long_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tissue-coloured 4000 x 4000 px pyramid at 4 um/px: 6,400 tiles, seconds to score (long
     enough to hit a job in the middle)."""

@@ -16,7 +16,6 @@ from idcscan.core.db import Job, JobStatus, make_engine, make_sessionmaker
 from idcscan.core.migrate import upgrade
 from idcscan.core.settings import Settings, get_settings
 from tests.api.conftest import KOMBU_NOLOAD
-from tests.conftest import SAMPLE_PATIENTS
 from tests.faults.checks import assert_consistent
 from tests.processes import idcscan_process, wait_for_line
 
@@ -24,7 +23,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow, KOM
 
 
 def test_embedded_worker_always_runs_the_reconciler(
-    tmp_path: Path, make_job: Callable[[Settings], Callable[..., uuid.UUID]]
+    tmp_path: Path,
+    make_job: Callable[[Settings], Callable[..., uuid.UUID]],
+    patient_zip: Path,
 ) -> None:
     data = tmp_path / "data"
     env = {
@@ -36,7 +37,7 @@ def test_embedded_worker_always_runs_the_reconciler(
     settings = get_settings(data_dir=data, reconcile_interval_s=1)
     assert settings.broker.startswith("sqla+sqlite")
     upgrade(settings.database)
-    job_id = make_job(settings)(str(SAMPLE_PATIENTS / "8916"))  # committed, never published
+    job_id = make_job(settings)(str(patient_zip))  # committed, never published
     engine = make_engine(settings.database)
     sessions = make_sessionmaker(engine)
     log = tmp_path / "worker.log"

@@ -18,7 +18,6 @@ from idcscan.broker import publish_job
 from idcscan.core.db import Job, JobStatus, make_engine, make_sessionmaker, transaction, utcnow
 from idcscan.core.migrate import upgrade
 from idcscan.core.settings import Settings, get_settings
-from tests.conftest import SAMPLE_PATIENTS
 from tests.faults.checks import assert_consistent
 from tests.faults.servers import RedisServer
 from tests.processes import idcscan_process, wait_for_line
@@ -31,6 +30,7 @@ def test_flushed_queue_is_published_again_after_a_lease(
     own_redis: RedisServer,
     tmp_path: Path,
     make_job: Callable[[Settings], Callable[..., uuid.UUID]],
+    patient_zip: Path,
 ) -> None:
     data = tmp_path / "data"
     env = {
@@ -47,7 +47,7 @@ def test_flushed_queue_is_published_again_after_a_lease(
     )
     upgrade(postgres_url)
     jobs = make_job(settings)
-    accepted = [jobs(str(SAMPLE_PATIENTS / "8916")) for _ in range(5)]
+    accepted = [jobs(str(patient_zip)) for _ in range(5)]
     engine = make_engine(settings.database)
     sessions = make_sessionmaker(engine)
     for job_id in accepted:  # committed and published, as the API does
