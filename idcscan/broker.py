@@ -1,9 +1,10 @@
 """The job queue between the API and the workers: the Celery app built from the core settings,
-with every reliability setting in one place, and `publish_job`, which the API (after committing a
-job) and the reconciler call. It lives beside `cli.py`, outside both parts, because both use it;
+with every reliability setting in one place; `publish_job`, which the API (after committing a
+job) and the reconciler call; `queue_depth` for the reconciler and `ping_broker` for the API's
+readiness. It lives beside `cli.py`, outside both parts, because both use it;
 it imports Celery, never onnxruntime.
 
-Why each setting (see ARCHITECTURE.md, principle 3):
+Why each setting (see docs/ARCHITECTURE.md, principle 3):
 - `task_acks_late` + `task_reject_on_worker_lost`: a message is acknowledged only after its job
   finished; a worker killed mid-job gives it back to the queue. The attempt cap lives in the
   database (`jobs.attempts`), so a slide that kills every worker ends as `worker_lost`.
@@ -11,6 +12,8 @@ Why each setting (see ARCHITECTURE.md, principle 3):
 - soft limit (90%) below the hard limit, the broker's visibility timeout above it: a slow job is
   stopped cleanly first and never redelivered while it still runs (Redis; the embedded SQL
   transport has no visibility timeout, see `transport_options`).
+- running jobs survive a lost broker connection (not cancelled): Redis restarting costs no job
+  an attempt; the unacked message comes back and is skipped, the job being finished.
 - no result backend: results live in the database, tasks return nothing.
 - JSON only: tasks carry a job id, never pickled objects.
 """
@@ -49,7 +52,10 @@ def reliability(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": QUEUE,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # A lost broker connection must not kill running jobs: each would lose an attempt to an
+        # outage of ours. The job goes on and finishes in the database; its message, whose ack
+        # cannot reach the new connection, is redelivered and skipped (the job is finished).
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_hijack_root_logger": False,
     }
 
@@ -89,7 +95,7 @@ def _app_for(settings: Settings) -> IdcscanCelery:
 def publish_job(job_id: uuid.UUID, settings: Settings) -> None:
     """Queue job `job_id` for scoring (task `idcscan.score_job`, its only argument the id).
 
-    The caller commits the job row first, then publishes (ARCHITECTURE.md, principle 2). A publish
+    The caller commits the job row first, then publishes (docs/ARCHITECTURE.md, principle 2). A publish
     that fails or a message that gets lost is not fatal: the reconciler re-publishes queued jobs
     that no worker started.
     """
@@ -99,3 +105,31 @@ def publish_job(job_id: uuid.UUID, settings: Settings) -> None:
         retry=True,
         retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
     )
+
+
+def queue_depth(settings: Settings) -> int | None:
+    """Messages waiting in the scoring queue of a Redis broker; None for the embedded SQL
+    broker, whose messages live in its SQLite file and are lost only with it.
+
+    Redis can lose what it holds (FLUSHALL, a restart without its append-only file): a queued
+    job then waits in vain. When the queue is empty, the reconciler knows that every job still
+    queued after a lease has lost its message, instead of waiting out the visibility window.
+    """
+    if not settings.broker.startswith(("redis://", "rediss://")):
+        return None
+    from kombu import Connection
+
+    with (
+        Connection(settings.broker, connect_timeout=2) as connection,
+        connection.channel() as channel,
+    ):
+        # Not passive: a Redis queue that lost its key reads as empty, not as an error.
+        return int(channel.queue_declare(QUEUE).message_count)
+
+
+def ping_broker(settings: Settings) -> None:
+    """Raise when the broker cannot be reached within two seconds (the API's `/readyz`)."""
+    from kombu import Connection
+
+    with Connection(settings.broker, connect_timeout=2) as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)

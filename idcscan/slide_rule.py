@@ -44,8 +44,10 @@ def score_assembled(patient_dir: Path, work: Path, model: Any) -> dict[str, Any]
     truth = parse_labels(done.geojson.read_bytes())
     with open_slide(done.tiff) as slide:
         score = score_slide(slide, model, truth=truth)
-    summary = {k: score.summary[k] for k in ("tissue_tiles", "idc_tiles", "idc_area_mm2")}
-    summary["max_probability"] = score.summary["max_probability"]
+    summary: dict[str, Any] = {
+        k: getattr(score.summary, k)
+        for k in ("tissue_tiles", "idc_tiles", "idc_area_mm2", "max_probability")
+    }
     summary["tile_area_mm2"] = score.plan.tile_area_mm2
     summary["confusion"] = score.confusion.as_dict() if score.confusion else None
     return summary

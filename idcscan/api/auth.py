@@ -20,8 +20,9 @@ from flask import Flask, current_app, g, request
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from idcscan.api.audit import audit
 from idcscan.api.problems import Problem
-from idcscan.core.db import AuditEvent, Client, Role, utcnow
+from idcscan.core.db import Client, Role, utcnow
 
 KEY_PREFIX_LEN = 8
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,26 +68,6 @@ def find_client(session: Session, key: str) -> Client | None:
     if client is None or not hmac.compare_digest(client.key_hash, hash_key(key)):
         return None
     return None if client.revoked else client
-
-
-def audit(
-    session: Session,
-    client_id: int | None,
-    action: str,
-    target_type: str | None = None,
-    target_id: object = None,
-    **detail: Any,
-) -> None:
-    """Record a state-changing call in the same transaction as the change itself."""
-    session.add(
-        AuditEvent(
-            client_id=client_id,
-            action=action,
-            target_type=target_type,
-            target_id=None if target_id is None else str(target_id),
-            detail=detail,
-        )
-    )
 
 
 # Client management, shared by `idcscan clients ...` and the admin routes.

@@ -24,15 +24,15 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request, url_for
 from spectree import Response as Resp
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from idcscan.api import logs
-from idcscan.api.auth import audit, caller
+from idcscan.api.audit import audit
+from idcscan.api.auth import caller
 from idcscan.api.probe import probe_slide
 from idcscan.api.problems import Problem, accepts, job_error_text, not_found
-from idcscan.api.queue import publish
 from idcscan.api.schemas import (
     MAX_ID,
     IdempotencyHeader,
@@ -54,7 +54,9 @@ from idcscan.api.upload import (
     resolve_slide_uri,
     stage_shared_file,
 )
-from idcscan.core.db import Job, JobStatus, Model, transaction, utcnow
+from idcscan.broker import publish_job
+from idcscan.core import jobstate
+from idcscan.core.db import Job, Model, transaction, utcnow
 from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import parse_labels
 from idcscan.core.settings import Settings
@@ -195,6 +197,9 @@ def submit() -> Any:
         idempotency_key=key,
         model_id=model_id,
         request_sha256=fingerprint,
+        # Published right after the commit below; if that fails the mark is taken back, and the
+        # reconciler publishes the job at its next round (`jobstate.due_for_publish`).
+        published_at=utcnow(),
     )
     try:
         with transaction(db) as session:
@@ -216,11 +221,16 @@ def submit() -> Any:
     g.job_id = str(job.id)
     log.info("job accepted", extra=logs.context())
     try:
-        publish(job.id, settings)
+        publish_job(job.id, settings)
     except Exception:
         log.warning(
             "publish failed; the reconciler will re-publish", exc_info=True, extra=logs.context()
         )
+        try:
+            with transaction(db) as session:
+                jobstate.unpublished(session, [job.id])
+        except Exception:  # the database went too: the visibility window's round publishes it
+            log.warning("could not record the failed publish", extra=logs.context())
     return _accepted(job, replayed=False)
 
 
@@ -408,24 +418,21 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 @bp.post("/jobs/<uuid:job_id>/cancel")
 @spec.validate(resp=Resp(HTTP_200=JobOut, HTTP_409=ProblemOut, **PROBLEMS), tags=["jobs"])
 def cancel_job(job_id: uuid.UUID) -> Any:
-    """Cancel a queued or running job; the worker stops at its next check of the job's status."""
-    unfinished = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+    """Cancel a queued or running job; the worker stops at its next check of the job's status
+    and nothing of the job's results is kept."""
+    store: BlobStore = current_app.extensions["idcscan.store"]
     with transaction(current_app.extensions["idcscan.db"]) as session:
         job = own_job(session, job_id)
-        now = utcnow()
-        # Conditional, so that a worker finishing at this instant is never overwritten.
-        changed = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status.in_(unfinished))
-            .values(status=JobStatus.CANCELLED.value, finished_at=now, updated_at=now)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        ).first()
-        if changed is None:
+        # Conditional, so that a worker finishing at this instant is never overwritten; the
+        # answer is the state after the update, read again, never the one read before it.
+        if not jobstate.cancel(session, job.id, now=utcnow()):
+            status_now = jobstate.status_of(session, job.id)
             raise Problem(
-                409, "job-finished", f"The job is already {job.status}.", status_now=job.status
+                409, "job-finished", f"The job is already {status_now}.", status_now=status_now
             )
         audit(session, caller().id, "job.cancel", "job", job.id)
+    # Files a worker wrote before the cancel (one still running removes its own as it stops).
+    store.storage.delete(jobstate.results_prefix(job_id))
     with current_app.extensions["idcscan.db"]() as session:
         job = own_job(session, job_id)
         log.info("job cancelled", extra=logs.context())

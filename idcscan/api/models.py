@@ -8,7 +8,8 @@ from flask import Blueprint, current_app
 from spectree import Response as Resp
 from sqlalchemy import select, update
 
-from idcscan.api.auth import admin_required, audit, caller
+from idcscan.api.audit import audit
+from idcscan.api.auth import admin_required, caller
 from idcscan.api.jobs import PROBLEMS
 from idcscan.api.problems import not_found
 from idcscan.api.schemas import ID_RULE, ModelList, ModelOut, ProblemOut, aware, spec

@@ -23,8 +23,8 @@ from sqlalchemy import func, select, text
 
 from idcscan.api.auth import admin_required
 from idcscan.api.problems import PROBLEM_MIMETYPE
-from idcscan.api.queue import ping_broker
 from idcscan.api.schemas import Health, ProblemOut, SlideUpload, spec
+from idcscan.broker import ping_broker
 from idcscan.core.db import Job, JobStatus
 
 bp = Blueprint("ops", __name__)

@@ -12,6 +12,7 @@ from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
 from idcscan.core.errors import InvalidInput
+from idcscan.core.outage import Outage, unavailable
 
 PROBLEM_MIMETYPE = "application/problem+json"
 TYPE_PREFIX = "urn:idcscan:problem:"
@@ -82,6 +83,23 @@ HTTP_TEXT = {
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Seconds a client is told to wait when the database or broker is down: about one reconnect.
+RETRY_AFTER_S = 5
+
+
+def _outage(what: Outage, exc: Exception) -> Response:
+    """Our own outage, not the request's fault: one line per request, no traceback (the
+    database's or broker's own log says why), and a 503 that says when to come back."""
+    log.warning(f"{what} unavailable", extra={"error": exc.__class__.__name__})
+    return problem_response(
+        Problem(
+            503,
+            f"{what}-unavailable",
+            f"The {what} is unavailable; retry later.",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    )
 
 
 class Problem(Exception):
@@ -168,5 +186,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        what = unavailable(exc)
+        if what is not None:
+            return _outage(what, exc)
         log.exception("unhandled error")
         return problem_response(Problem(500, "internal", "Internal error; it has been logged."))

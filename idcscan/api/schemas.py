@@ -29,10 +29,13 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
 from idcscan.api.problems import Problem
+from idcscan.core.db import JobStatus
+from idcscan.core.summary import SlideCall
 
 log = logging.getLogger(__name__)
 
-JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# A job's status names are the database's own enum, so a new state is added in one place.
+JobStatusName = JobStatus
 
 # Every key the API takes is a PostgreSQL `integer` (int4): a larger number names no row, and
 # handed to the database it fails there (int4/int8 range on PostgreSQL, OverflowError on SQLite).
@@ -217,7 +220,7 @@ class SlideResultOut(BaseModel):
     idc_fraction: float
     max_probability: float | None
     mean_probability: float | None
-    slide_call: str
+    slide_call: SlideCall
     call_rule: str
     threshold: float
     level: int

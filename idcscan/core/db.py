@@ -4,8 +4,10 @@ The schema changes only through Alembic migrations (`idcscan/migrations`); a tes
 autogenerate finds no difference between these tables and the migrations.
 
 Keys follow the queries: a client lists its jobs newest first (`ix_jobs_client_id_created_at`),
-the reconciler scans by status and lease (`ix_jobs_status_lease_expires_at`), workers bulk-upsert
-tile scores keyed by (job, row, col) so that a rerun replaces instead of adding.
+the reconciler scans by status and lease (`ix_jobs_status_lease_expires_at`), and tile scores
+are keyed by (job, row, col): a rerun deletes the job's rows and inserts its own in one
+transaction, so it replaces instead of adding. Every change of a job's status goes through
+`idcscan.core.jobstate`.
 """
 
 from __future__ import annotations
@@ -181,10 +183,13 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    published_at: Mapped[datetime | None]
+    """When the id was last sent to the broker; null: never, or the publish failed. The
+    reconciler re-publishes a queued job only once this is older than the visibility window."""
 
 
 class TileScore(Base):
-    """One tile's IDC probability. Keyed by grid position: a rerun upserts, never duplicates."""
+    """One tile's IDC probability. Keyed by grid position: a rerun replaces, never duplicates."""
 
     __tablename__ = "tile_scores"
 

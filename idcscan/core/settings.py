@@ -73,6 +73,14 @@ class Settings(BaseSettings):
         description="Hard time limit of one scoring task, in seconds. The soft limit is 90% of it "
         "and the broker's visibility timeout is this plus 10 minutes.",
     )
+    slide_deadline_min_s: int = Field(
+        default=120,
+        ge=1,
+        description="Least time one slide may take to read and score, in seconds; each slide "
+        "gets this plus time for its size (bytes to read, tiles to score), within the soft "
+        "limit. A slide past its deadline ends as `timeout`, and a reader hung in a system or C "
+        "call is ended with its worker process, which frees the slot.",
+    )
     lease_s: int = Field(
         default=60, ge=5, description="How long a worker's claim on a job lasts without renewal."
     )

@@ -103,6 +103,11 @@ class Storage:
         with self.open(key) as handle:
             return handle.read()
 
+    def size(self, key: str) -> int:
+        """Bytes stored under `key` (without opening it: a file that blocks its reader is sized
+        all the same)."""
+        return int(self.fs.size(self._path(key)) or 0)
+
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))
 

@@ -1,4 +1,6 @@
-"""Alembic environment: migrates the database named by the config (set by idcscan.core.migrate)."""
+"""Alembic environment: migrates the database named by the config (set by idcscan.core.migrate),
+or, run as `alembic` from the repository's root to write a revision, the database of the
+settings (IDCSCAN_DATABASE_URL, else the embedded SQLite)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,15 @@ config = context.config
 target_metadata = Base.metadata
 
 
+def _url() -> str:
+    from idcscan.core.settings import get_settings
+
+    return config.get_main_option("sqlalchemy.url") or get_settings().database
+
+
 def run_migrations_offline() -> None:
     context.configure(
-        url=config.get_main_option("sqlalchemy.url"),
+        url=_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
@@ -22,9 +30,7 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    url = config.get_main_option("sqlalchemy.url")
-    assert url, "sqlalchemy.url is not set"
-    engine = make_engine(url)
+    engine = make_engine(_url())
     try:
         with engine.connect() as connection:
             context.configure(

@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
     worker.add_argument(
         "--beat",
         action="store_true",
-        help="also run the reconciler (`idcscan scheduler`) beside it",
+        help="also run the reconciler (`idcscan scheduler`) beside it; always on in the "
+        "embedded mode (the SQL broker)",
     )
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
     worker.set_defaults(func=_worker)
@@ -130,6 +131,11 @@ def _default_concurrency() -> int:
     return max(1, (os.cpu_count() or 1) // 8)
 
 
+def embedded(settings: Any) -> bool:
+    """The embedded mode: Celery's SQL transport, no broker server and no scheduler service."""
+    return bool(settings.broker.startswith("sqla+"))
+
+
 def _worker(args: argparse.Namespace) -> int:
     from idcscan.broker import QUEUE, create_app
     from idcscan.core.logs import configure as configure_logs
@@ -152,9 +158,11 @@ def _worker(args: argparse.Namespace) -> int:
         "--without-mingle",
     ]
     scheduler = None
-    if args.beat:
+    if args.beat or embedded(settings):
         # The reconciler runs as its own process (the same as `idcscan scheduler`), not as a
-        # thread of a parent that forks pool processes.
+        # thread of a parent that forks pool processes. The embedded mode has no scheduler
+        # service: without it, a job whose publish failed (the broker's SQLite file locked past
+        # the publish's retries, under load) stayed queued for good.
         scheduler = subprocess.Popen([sys.executable, "-m", "idcscan.cli", "scheduler"])
     try:
         app.worker_main(argv)

@@ -1,90 +1,69 @@
-"""A job's life on a worker: claim with a lease, score, store the results once, or fail with a kind.
+"""A job's run on a worker: claim with a lease, score, store the outputs, end it once.
 
-Every state change is a conditional UPDATE on the job row (status, lease owner, lease expiry), so
-two deliveries of one job cannot both run it, a worker whose lease was taken over cannot write,
-and a cancelled job stops at the next batch. Results are written in one transaction together
-with the `succeeded` status: a job is either done with all its rows or has none.
+Every state change is a conditional UPDATE of `idcscan.core.jobstate` (status, lease owner,
+lease expiry), so two deliveries of one job cannot both run it, a worker whose lease was taken
+over cannot write, and a cancelled job stops at the next batch. Its rows (`worker.results`) are
+written in one transaction together with the `succeeded` status: a job is either done with all
+its rows or has none. The models come from `worker.modelcache`; storage, the model cache and
+`on_hang` are passed in, the seams tests use.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from typing import TypeVar
 
-from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from idcscan.core import jobstate
 from idcscan.core.db import (
-    ConfusionStat,
     ErrorKind,
     Job,
     JobStatus,
     Model,
-    SlideResult,
-    TileScore,
     transaction,
     utcnow,
 )
 from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import GroundTruth, parse_labels
-from idcscan.core.onnxmodel import OnnxModel
+from idcscan.core.outage import unavailable
 from idcscan.core.settings import Settings
 from idcscan.core.slides import open_slide
-from idcscan.core.storage import Storage, as_local_file, open_uri
-from idcscan.worker import outputs
+from idcscan.core.storage import Storage, open_uri
+from idcscan.worker import outputs, results
+from idcscan.worker.modelcache import ModelCache
 from idcscan.worker.pipeline import Cancelled, SlideScore, score_slide
-from idcscan.worker.reconciler import out_of_attempts
 
 log = logging.getLogger(__name__)
 
 # Progress is written at most this often (and the lease renewed with it when due).
 PROGRESS_INTERVAL_S = 0.25
-# Tile scores per INSERT statement.
-INSERT_CHUNK = 5000
+# A slide's deadline beyond `slide_deadline_min_s`: time to read its bytes from a slow share and
+# to score its tiles on a slow CPU (the reference model scores thousands of tiles a second; this
+# allows 20), so that only a reader that is stuck, not one that is slow, meets it.
+READ_BYTES_PER_S = 5_000_000
+SECONDS_PER_TILE = 0.05
+# After a deadline, how long the scoring thread has to notice before its process is ended.
+HANG_GRACE_S = 5.0
+# First and longest pause between tries of a job's ending while the database is unreachable.
+OUTAGE_RETRY_FIRST_S = 0.2
+OUTAGE_RETRY_MAX_S = 5.0
+
+T = TypeVar("T")
 
 
-def results_prefix(job_id: uuid.UUID) -> str:
-    return f"results/{job_id}"
+results_prefix = jobstate.results_prefix
 
 
 def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class ModelCache:
-    """One OnnxModel per model location in this process, created on first use (after the fork)."""
-
-    def __init__(self, settings: Settings, threads: int) -> None:
-        self.settings, self.threads = settings, threads
-        self._models: dict[str, OnnxModel] = {}
-
-    def get(self, location: str) -> OnnxModel:
-        if location not in self._models:
-            if "://" in location and not location.startswith("file://"):
-                target = (
-                    self.settings.data_dir
-                    / "model-cache"
-                    / (hashlib.sha256(location.encode()).hexdigest()[:32] + ".onnx")
-                )
-                if not target.exists():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with as_local_file(location) as local:
-                        partial = target.with_suffix(".part")
-                        partial.write_bytes(local.read_bytes())
-                        partial.replace(target)
-                path = str(target)
-            else:
-                path = location.removeprefix("file://")
-            self._models[location] = OnnxModel(path, self.settings.execution_provider, self.threads)
-        return self._models[location]
 
 
 @dataclass(frozen=True)
@@ -100,13 +79,28 @@ class Claim:
 
 
 class Heartbeat:
-    """Writes progress (throttled) and renews the lease from a thread; notices cancellation."""
+    """Writes progress (throttled) and renews the lease from a thread; notices cancellation; and
+    watches the slide's deadline, calling `on_deadline(self)` once it has passed.
 
-    def __init__(self, sessions: sessionmaker[Session], claim: Claim, lease_s: int) -> None:
+    The watch lives in this thread, not in the one that reads the slide, because a reader stuck
+    in a system call or in OpenSlide's C code never comes back to check a clock.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        claim: Claim,
+        lease_s: int,
+        on_deadline: Callable[[Heartbeat], None] | None = None,
+    ) -> None:
         self.sessions, self.claim, self.lease_s = sessions, claim, lease_s
         self.done = 0
         self.total: int | None = None
         self.lost = threading.Event()
+        self.timed_out = threading.Event()
+        self.deadline_s: float | None = None
+        self._on_deadline = on_deadline
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._written: tuple[int, int | None] = (0, None)
         self._renewed = time.monotonic()
@@ -118,26 +112,45 @@ class Heartbeat:
     def stopped(self) -> bool:
         return self.lost.is_set()
 
+    def set_deadline(self, seconds: float) -> None:
+        """The slide must be done `seconds` after the claim."""
+        self.deadline_s = seconds
+
+    def scoring_returned(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the scoring thread to leave this heartbeat's block."""
+        return self._stop.wait(timeout)
+
+    def _check_deadline(self) -> None:
+        if self.deadline_s is None or self.timed_out.is_set():
+            return
+        if time.monotonic() - self._started > self.deadline_s:
+            self.timed_out.set()
+            self.lost.set()  # a scoring loop that still runs stops at its next batch
+            if self._on_deadline is not None:
+                self._on_deadline(self)
+
     def _write(self) -> None:
-        values: dict[str, Any] = {"tiles_done": self.done, "tiles_total": self.total}
-        values["lease_expires_at"] = utcnow() + timedelta(seconds=self.lease_s)
         with transaction(self.sessions) as session:
-            result = session.execute(
-                update(Job)
-                .where(
-                    Job.id == self.claim.job_id,
-                    Job.lease_owner == self.claim.owner,
-                    Job.status == JobStatus.RUNNING.value,
-                )
-                .values(**values)
+            held = jobstate.renew(
+                session,
+                self.claim.job_id,
+                self.claim.owner,
+                lease_s=self.lease_s,
+                now=utcnow(),
+                tiles_done=self.done,
+                tiles_total=self.total,
             )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if not held:
             self.lost.set()
         self._written = (self.done, self.total)
         self._renewed = time.monotonic()
 
     def _loop(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL_S):
+            try:
+                self._check_deadline()
+            except Exception:
+                log.exception("job %s: ending a job past its deadline failed", self.claim.job_id)
             due = time.monotonic() - self._renewed > self.lease_s / 3
             if due or (self.done, self.total) != self._written:
                 try:
@@ -161,9 +174,15 @@ class JobRunner:
         sessions: sessionmaker[Session],
         models: ModelCache,
         timeout_errors: tuple[type[BaseException], ...] = (),
+        storage: Storage | None = None,
+        on_hang: Callable[[], None] | None = None,
     ) -> None:
+        """`on_hang` is called when a slide's reader is still stuck `HANG_GRACE_S` after the job
+        was ended as `timeout`: a Celery pool process ends itself there (the pool starts a new
+        one), so that the slot is free again; by default the stuck thread is only logged."""
         self.settings, self.sessions, self.models = settings, sessions, models
-        self.storage = Storage(settings.storage)
+        self.storage = storage or Storage(settings.storage)
+        self.on_hang = on_hang
         self.timeout_errors = timeout_errors
 
     # -- claim ------------------------------------------------------------------------------
@@ -172,31 +191,15 @@ class JobRunner:
         """Take the job if it is queued (or its lease expired) and attempts remain; None to skip."""
         owner = worker_identity()
         now = utcnow()
-        claimable = (Job.status == JobStatus.QUEUED.value) | (
-            (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
-        )
         with transaction(self.sessions) as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.id == job_id, claimable, Job.attempts < self.settings.max_attempts)
-                .values(
-                    status=JobStatus.RUNNING.value,
-                    attempts=Job.attempts + 1,
-                    lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=self.settings.lease_s),
-                    tiles_done=0,
-                    error_kind=None,
-                    error_message=None,
-                )
-            )
-            if result.rowcount == 0:  # type: ignore[attr-defined]
-                # Out of attempts: every earlier attempt lost its worker (a crash, a kill, a
-                # decoder that takes the process down). End it rather than loop.
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, claimable, Job.attempts >= self.settings.max_attempts)
-                    .values(**out_of_attempts(self.settings.max_attempts, now))
-                )
+            if not jobstate.claim(
+                session,
+                job_id,
+                owner,
+                lease_s=self.settings.lease_s,
+                max_attempts=self.settings.max_attempts,
+                now=now,
+            ):
                 return None
             job = session.get(Job, job_id)
             assert job is not None
@@ -227,8 +230,9 @@ class JobRunner:
             )
             return "skipped"
         log.info("job %s: claimed by %s", job_id, claim.owner)
+        heartbeat = Heartbeat(self.sessions, claim, self.settings.lease_s, self._past_deadline)
         try:
-            with Heartbeat(self.sessions, claim, self.settings.lease_s) as heartbeat:
+            with heartbeat:
                 score = self._score(claim, heartbeat)
                 files = outputs.render(score)
                 uris = {
@@ -237,9 +241,11 @@ class JobRunner:
                 }
                 if heartbeat.stopped():
                     raise Cancelled()
-            return self._succeed(claim, score, uris)
+            return self._through_outage(claim, lambda: self._succeed(claim, score, uris))
         except Cancelled:
             self._discard(claim)
+            if heartbeat.timed_out.is_set():
+                return "failed"  # ended as `timeout` by the heartbeat's watch
             log.info("job %s: stopped (cancelled or lease taken over)", job_id)
             return "cancelled"
         except InvalidInput as exc:
@@ -254,9 +260,76 @@ class JobRunner:
             )
             return "failed"
         except Exception as exc:
+            if unavailable(exc) is not None:
+                return self._release(claim)
             log.exception("job %s: internal error", job_id)
             self._fail(claim, ErrorKind.INTERNAL, f"internal error: {exc.__class__.__name__}")
             return "failed"
+
+    def deadline_s(self, slide_bytes: int, tiles: int) -> float:
+        """How long one slide may take: the least any slide gets, plus time for its size, within
+        the task's soft limit (which stays the outer bound)."""
+        budget = (
+            self.settings.slide_deadline_min_s
+            + slide_bytes / READ_BYTES_PER_S
+            + tiles * SECONDS_PER_TILE
+        )
+        return min(budget, float(self.settings.soft_time_limit_s))
+
+    def _past_deadline(self, heartbeat: Heartbeat) -> None:
+        """In the heartbeat's thread: end the job as `timeout` now, whatever the reader does; if
+        the reader does not come back, end the process that holds it (`on_hang`)."""
+        claim = heartbeat.claim
+        seconds = heartbeat.deadline_s or 0.0
+        log.warning("job %s: past its deadline of %.0f s", claim.job_id, seconds)
+        self._fail(claim, ErrorKind.TIMEOUT, f"the slide took longer than its {seconds:.0f} s")
+        if heartbeat.scoring_returned(HANG_GRACE_S):
+            return
+        log.error("job %s: the slide's reader is stuck past its deadline", claim.job_id)
+        if self.on_hang is not None:
+            self.on_hang()
+
+    def _through_outage(self, claim: Claim, ending: Callable[[], T]) -> T:
+        """`ending()`, tried again while the database is unreachable, for as long as a lease.
+
+        An ending is one transaction conditional on this worker's lease, so trying it again is
+        safe: it commits once, or finds the job taken over (after the lease ran out) and does
+        nothing. A brief outage (a restart, a failover, a dropped connection) costs the job a
+        few seconds instead of an attempt or a `failed` it did not deserve.
+        """
+        deadline = time.monotonic() + self.settings.lease_s
+        pause = OUTAGE_RETRY_FIRST_S
+        while True:
+            try:
+                return ending()
+            except Exception as exc:
+                what = unavailable(exc)
+                if what is None or time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "job %s: %s unavailable while finishing; trying again in %.1f s",
+                    claim.job_id,
+                    what,
+                    pause,
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, OUTAGE_RETRY_MAX_S)
+
+    def _release(self, claim: Claim) -> str:
+        """Our own outage outlasted the retries: give the job back to the queue, the attempt
+        refunded, its partial files removed; the reconciler publishes it again. If even that
+        cannot reach the database, the lease runs out and the reconciler requeues the job."""
+        self.storage.delete(results_prefix(claim.job_id))
+        try:
+            with transaction(self.sessions) as session:
+                jobstate.release(session, claim.job_id, claim.owner, now=utcnow())
+        except Exception as exc:
+            if unavailable(exc) is None:
+                raise
+            log.warning("job %s: database unavailable; left to the lease", claim.job_id)
+            return "deferred"
+        log.warning("job %s: database unavailable; job given back to the queue", claim.job_id)
+        return "released"
 
     def _stored(self, uri: str, folder: str, what: str, code: str) -> str:
         """`uri` if it names a blob the API stored; refused otherwise.
@@ -273,6 +346,15 @@ class JobRunner:
 
     def _score(self, claim: Claim, heartbeat: Heartbeat) -> SlideScore:
         slide_uri = self._stored(claim.slide_uri, "slides", "slide", "slide-outside-storage")
+        key = self.storage.key_of(slide_uri)
+        slide_bytes = self.storage.size(key) if key and self.storage.exists(key) else 0
+        heartbeat.set_deadline(self.deadline_s(slide_bytes, 0))
+
+        def progress(done: int, total: int) -> None:
+            if heartbeat.total is None:  # the tiles are known: the deadline grows with them
+                heartbeat.set_deadline(self.deadline_s(slide_bytes, total))
+            heartbeat.progress(done, total)
+
         labels_uri = claim.labels_uri and self._stored(
             claim.labels_uri, "labels", "labels file", "labels-outside-storage"
         )
@@ -294,130 +376,68 @@ class JobRunner:
                 model,
                 batch_size=self.settings.batch_size,
                 truth=truth,
-                on_progress=heartbeat.progress,
+                on_progress=progress,
                 should_stop=heartbeat.stopped,
             )
 
     # -- endings ----------------------------------------------------------------------------
 
-    def _finish(self, session: Session, claim: Claim, **values: Any) -> bool:
-        """Move the job out of `running`, only if this worker still holds it; locks the row."""
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == claim.job_id,
-                Job.lease_owner == claim.owner,
-                Job.status == JobStatus.RUNNING.value,
-            )
-            .values(lease_owner=None, lease_expires_at=None, finished_at=utcnow(), **values)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
     def _succeed(self, claim: Claim, score: SlideScore, uris: dict[str, str]) -> str:
-        summary = score.summary
         with transaction(self.sessions) as session:
-            if not self._finish(
+            if not jobstate.finish(
                 session,
-                claim,
-                status=JobStatus.SUCCEEDED.value,
+                claim.job_id,
+                claim.owner,
+                JobStatus.SUCCEEDED,
+                now=utcnow(),
                 tiles_done=len(score.rows),
                 tiles_total=len(score.rows),
             ):
+                # Cancelled (or past its deadline) while the outputs were stored: the files go.
+                # Taken over after the lease ran out: the files are the new owner's to rewrite.
                 session.rollback()
+                if self._discard(claim):
+                    log.info("job %s: ended before its results were committed", claim.job_id)
+                    return "cancelled"
                 log.info(
                     "job %s: lease lost before commit; results left to the new owner", claim.job_id
                 )
                 return "lost"
-            # A rerun replaces what an earlier attempt wrote, never adds to it.
-            for table in (TileScore, SlideResult, ConfusionStat):
-                session.execute(delete(table).where(table.job_id == claim.job_id))
-            write_tile_scores(session, claim.job_id, score)
-            session.add(
-                SlideResult(
-                    job_id=claim.job_id,
-                    model_id=claim.model_id,
-                    level=summary["level"],
-                    level_mpp=summary["level_mpp"],
-                    effective_mpp=summary["effective_mpp"],
-                    tissue_tiles=summary["tissue_tiles"],
-                    idc_tiles=summary["idc_tiles"],
-                    idc_area_mm2=summary["idc_area_mm2"],
-                    idc_fraction=summary["idc_fraction"],
-                    max_probability=summary["max_probability"],
-                    mean_probability=summary["mean_probability"],
-                    slide_call=summary["slide_call"],
-                    call_rule=summary["call_rule"],
-                    threshold=summary["threshold"],
-                    heatmap_uri=uris[outputs.HEATMAP],
-                    geojson_uri=uris[outputs.GEOJSON],
-                    tiles_csv_uri=uris[outputs.TILES_CSV],
-                )
+            results.write(
+                session,
+                score,
+                uris,
+                job_id=claim.job_id,
+                client_id=claim.client_id,
+                model_id=claim.model_id,
             )
-            if score.confusion is not None:
-                c = score.confusion
-                session.add(
-                    ConfusionStat(
-                        job_id=claim.job_id,
-                        client_id=claim.client_id,
-                        model_id=claim.model_id,
-                        threshold=summary["threshold"],
-                        tp=c.tp,
-                        fp=c.fp,
-                        tn=c.tn,
-                        fn=c.fn,
-                    )
-                )
         log.info("job %s: succeeded, %d tiles", claim.job_id, len(score.rows))
         return "succeeded"
 
     def _fail(self, claim: Claim, kind: ErrorKind, message: str) -> None:
-        with transaction(self.sessions) as session:
-            owned = self._finish(
-                session,
-                claim,
-                status=JobStatus.FAILED.value,
-                error_kind=kind.value,
-                error_message=message,
-            )
-            if owned:
-                for table in (TileScore, SlideResult, ConfusionStat):
-                    session.execute(delete(table).where(table.job_id == claim.job_id))
-        if owned:
-            self.storage.delete(results_prefix(claim.job_id))
+        def fail() -> bool:
+            with transaction(self.sessions) as session:
+                return jobstate.finish(
+                    session,
+                    claim.job_id,
+                    claim.owner,
+                    JobStatus.FAILED,
+                    now=utcnow(),
+                    error_kind=kind.value,
+                    error_message=message,
+                )
 
-    def _discard(self, claim: Claim) -> None:
-        """After a stop: remove files only if the job really is cancelled (not taken over)."""
+        if self._through_outage(claim, fail):
+            self.storage.delete(results_prefix(claim.job_id))
+        else:
+            self._discard(claim)
+
+    def _discard(self, claim: Claim) -> bool:
+        """After a stop: remove the files only if the job really is cancelled (a job taken over
+        is the new owner's, who rewrites them). True when it was cancelled."""
         with self.sessions() as session:
-            status = session.scalar(select(Job.status).where(Job.id == claim.job_id))
-        if status == JobStatus.CANCELLED.value:
+            status = jobstate.status_of(session, claim.job_id)
+        if status is not None and jobstate.clears_results(status):
             self.storage.delete(results_prefix(claim.job_id))
-
-
-def write_tile_scores(session: Session, job_id: uuid.UUID, score: SlideScore) -> None:
-    """Bulk insert, executemany in chunks (psycopg pipelines them). The caller deletes the job's
-    earlier rows in the same transaction, so a rerun replaces them; the (job, row, col) key makes
-    a duplicate impossible."""
-    labels = score.labels.tolist() if score.labels is not None else [None] * len(score.rows)
-    rows = [
-        {
-            "job_id": job_id,
-            "row": r,
-            "col": c,
-            "x": x,
-            "y": y,
-            "probability": p,
-            "label": None if lab is None or lab < 0 else lab,
-        }
-        for r, c, x, y, p, lab in zip(
-            score.rows.tolist(),
-            score.cols.tolist(),
-            score.x.tolist(),
-            score.y.tolist(),
-            score.probability.tolist(),
-            labels,
-            strict=True,
-        )
-    ]
-    stmt = insert(TileScore)
-    for start in range(0, len(rows), INSERT_CHUNK):
-        session.execute(stmt, rows[start : start + INSERT_CHUNK])
+            return True
+        return False

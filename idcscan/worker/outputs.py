@@ -161,7 +161,7 @@ def tiles_csv(score: SlideScore) -> bytes:
 
 
 def summary(score: SlideScore) -> dict[str, Any]:
-    result = dict(score.summary)
+    result = score.summary.as_dict()
     result["confusion"] = score.confusion.as_dict() if score.confusion is not None else None
     return result
 

@@ -23,6 +23,7 @@ from idcscan.core.labels import GroundTruth
 from idcscan.core.metrics import Confusion
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.slides import Slide
+from idcscan.core.summary import SlideCall, SlideSummary
 from idcscan.core.tiles import to_model_input
 from idcscan.worker.tiling import (
     Cancelled,
@@ -136,7 +137,7 @@ class SlideScore:
     """int8 per scored tile (-1 unlabelled), when ground truth was given."""
     label_grid: np.ndarray | None
     confusion: Confusion | None
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: SlideSummary
     seconds: dict[str, float] = field(default_factory=dict)
 
     @cached_property
@@ -159,7 +160,7 @@ class SlideScore:
         return grid
 
 
-def summarise(plan: TilePlan, probability: np.ndarray) -> dict[str, Any]:
+def summarise(plan: TilePlan, probability: np.ndarray) -> SlideSummary:
     """The slide summary; the slide call follows the model's own rule (its tile contract)."""
     threshold = plan.spec.threshold
     min_area = plan.spec.slide_min_idc_mm2
@@ -167,29 +168,29 @@ def summarise(plan: TilePlan, probability: np.ndarray) -> dict[str, Any]:
     idc_tiles = int(np.count_nonzero(probability >= threshold))
     idc_area = idc_tiles * plan.tile_area_mm2
     if tissue_tiles == 0:
-        call = "no_tissue"
+        call = SlideCall.NO_TISSUE
     elif idc_tiles > 0 and idc_area >= min_area:
-        call = "idc"
+        call = SlideCall.IDC
     else:
-        call = "no_idc"
-    return {
-        "tissue_tiles": tissue_tiles,
-        "idc_tiles": idc_tiles,
-        "idc_area_mm2": idc_area,
-        "idc_fraction": idc_tiles / tissue_tiles if tissue_tiles else 0.0,
-        "max_probability": float(probability.max()) if tissue_tiles else None,
-        "mean_probability": float(probability.mean()) if tissue_tiles else None,
-        "slide_call": call,
-        "call_rule": (
+        call = SlideCall.NO_IDC
+    return SlideSummary(
+        tissue_tiles=tissue_tiles,
+        idc_tiles=idc_tiles,
+        idc_area_mm2=idc_area,
+        idc_fraction=idc_tiles / tissue_tiles if tissue_tiles else 0.0,
+        max_probability=float(probability.max()) if tissue_tiles else None,
+        mean_probability=float(probability.mean()) if tissue_tiles else None,
+        slide_call=call,
+        call_rule=(
             f"idc when at least {min_area:g} mm2 of tissue ({plan.spec.tile_um:g} um tiles) has "
             f"an IDC probability >= {threshold:g}; no_tissue when no tile holds tissue; "
             "else no_idc"
         ),
-        "threshold": threshold,
-        "level": plan.level,
-        "level_mpp": plan.level_mpp,
-        "effective_mpp": plan.effective_mpp,
-    }
+        threshold=threshold,
+        level=plan.level,
+        level_mpp=plan.level_mpp,
+        effective_mpp=plan.effective_mpp,
+    )
 
 
 def confusion_of(

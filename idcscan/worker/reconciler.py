@@ -2,12 +2,15 @@
 
 Run every `reconcile_interval_s` by `idcscan scheduler` (which `idcscan worker --beat` starts
 beside the worker in the embedded mode):
-- a job committed as `queued` that no worker has touched for `lease_s` is published again (the
-  API's publish may have failed, or the message was lost);
+- a `queued` job is published again when it never was (the API's publish failed) or its last
+  publish is older than the broker's visibility window (the message may be lost), or, when the
+  Redis queue is empty (FLUSHALL, a restart without its data), older than a lease; a job merely
+  waiting in line is left alone, so a backlog is not delivered twice;
 - a `running` job whose lease expired lost its worker: back to `queued` and published, or, out of
   attempts, `failed` as `worker_lost`.
-Each change is one conditional UPDATE ... RETURNING, so concurrent reconcilers do not double up;
-duplicate messages are harmless anyway (a worker claims a job only once).
+Each change is one conditional UPDATE ... RETURNING in `idcscan.core.jobstate`, so concurrent
+reconcilers do not double up; duplicate messages are harmless anyway (a worker claims a job only
+once). A publish that fails is recorded, and the next round tries again.
 Every `GC_INTERVAL_S` it also collects storage garbage (`idcscan.core.storage_gc`).
 """
 
@@ -19,16 +22,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from idcscan.core import jobstate
 from idcscan.core.db import (
-    ErrorKind,
-    Job,
-    JobStatus,
     make_engine,
     make_sessionmaker,
     transaction,
@@ -47,60 +45,41 @@ class Reconciled:
     failed: list[uuid.UUID]
 
 
-def out_of_attempts(max_attempts: int, now: datetime) -> dict[str, Any]:
-    """The values that end a job whose worker was lost on every attempt (the claim and the
-    reconciler both end jobs this way)."""
-    return {
-        "status": JobStatus.FAILED.value,
-        "error_kind": ErrorKind.WORKER_LOST.value,
-        "error_message": f"the worker was lost {max_attempts} times while scoring this slide",
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "finished_at": now,
-    }
-
-
 def reconcile(
-    settings: Settings, sessions: sessionmaker[Session], publish: Callable[[uuid.UUID], None]
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    publish: Callable[[uuid.UUID], None],
+    queue_depth: Callable[[], int | None] = lambda: None,
 ) -> Reconciled:
+    """One round. `queue_depth()` is the broker's count of waiting messages, None if unknown: an
+    empty queue tells that jobs still queued after a lease lost their messages."""
+    try:
+        empty = queue_depth() == 0
+    except Exception:
+        log.warning("reconciler: the broker's queue depth is unknown", exc_info=True)
+        empty = False
     now = utcnow()
-    expired = (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now)
     with transaction(sessions) as session:
-        failed = list(
-            session.scalars(
-                update(Job)
-                .where(expired, Job.attempts >= settings.max_attempts)
-                .values(**out_of_attempts(settings.max_attempts, now))
-                .returning(Job.id)
-            )
+        requeued, failed = jobstate.requeue_lost(
+            session, max_attempts=settings.max_attempts, now=now
         )
-        requeued = list(
-            session.scalars(
-                update(Job)
-                .where(expired)
-                .values(
-                    status=JobStatus.QUEUED.value,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-                .returning(Job.id)
-            )
+        stale = jobstate.due_for_publish(
+            session,
+            window_s=settings.visibility_timeout_s,
+            now=now,
+            lost_after_s=settings.lease_s if empty else None,
         )
-        stale = list(
-            session.scalars(
-                update(Job)
-                .where(
-                    Job.status == JobStatus.QUEUED.value,
-                    Job.updated_at < now - timedelta(seconds=settings.lease_s),
-                )
-                .values(updated_at=now)
-                .returning(Job.id)
-            )
-        )
-    republished = requeued + stale
-    for job_id in republished:
-        publish(job_id)
+    republished, failed_to_publish = [], []
+    for job_id in requeued + stale:
+        try:
+            publish(job_id)
+            republished.append(job_id)
+        except Exception:
+            log.warning("reconciler: publishing job %s failed", job_id, exc_info=True)
+            failed_to_publish.append(job_id)
+    if failed_to_publish:
+        with transaction(sessions) as session:
+            jobstate.unpublished(session, failed_to_publish)
     if republished or failed:
         log.info(
             "reconciler: republished %d jobs, failed %d out of attempts",
@@ -115,7 +94,7 @@ def run_forever(
 ) -> None:
     """Reconcile every `reconcile_interval_s` until `stop` is set, and collect storage garbage
     every `gc_interval_s`; a failed round is logged, not fatal."""
-    from idcscan.broker import publish_job
+    from idcscan.broker import publish_job, queue_depth
 
     stop = stop or threading.Event()
     engine = make_engine(settings.database)
@@ -126,7 +105,12 @@ def run_forever(
     try:
         while not stop.wait(settings.reconcile_interval_s):
             try:
-                reconcile(settings, sessions, lambda job_id: publish_job(job_id, settings))
+                reconcile(
+                    settings,
+                    sessions,
+                    lambda job_id: publish_job(job_id, settings),
+                    lambda: queue_depth(settings),
+                )
             except Exception:
                 log.exception("reconciler: round failed")
             if collected_at is None or time.monotonic() - collected_at >= gc_interval_s:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -18,7 +20,8 @@ from celery.signals import worker_process_init
 from idcscan.broker import SCORE_TASK
 from idcscan.core.db import Model, make_engine, make_sessionmaker
 from idcscan.core.settings import Settings
-from idcscan.worker.jobs import JobRunner, ModelCache
+from idcscan.worker.jobs import JobRunner
+from idcscan.worker.modelcache import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +39,21 @@ def _settings(task: Task) -> Settings:
     return task.app.settings
 
 
-def build_runner(settings: Settings, concurrency: int) -> JobRunner:
+def build_runner(
+    settings: Settings, concurrency: int, on_hang: Callable[[], None] | None = None
+) -> JobRunner:
     sessions = make_sessionmaker(make_engine(settings.database))
     models = ModelCache(settings, inference_threads(settings, concurrency))
-    return JobRunner(settings, sessions, models, timeout_errors=(SoftTimeLimitExceeded,))
+    return JobRunner(
+        settings, sessions, models, timeout_errors=(SoftTimeLimitExceeded,), on_hang=on_hang
+    )
+
+
+def _end_this_pool_process() -> None:
+    """A slide's reader is stuck in a system or C call past its deadline, its job already ended
+    as `timeout`: only ending the process frees the slot. The pool starts a new process; the
+    message goes back to the queue (reject on worker lost) and is skipped (the job is over)."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @worker_process_init.connect
@@ -51,7 +65,10 @@ def _init_process(sender: Any = None, **_: Any) -> None:
     settings = getattr(current_app, "settings", None)
     if settings is None:
         return
-    _runner = build_runner(settings, int(current_app.conf.worker_concurrency or 1))
+    # A pool process may end itself when a reader hangs; the solo pool's process is the worker.
+    _runner = build_runner(
+        settings, int(current_app.conf.worker_concurrency or 1), on_hang=_end_this_pool_process
+    )
     with _runner.sessions() as session:
         active = session.query(Model).filter(Model.active.is_(True)).one_or_none()
         location = active.location if active is not None else None

@@ -12,7 +12,7 @@ import sys
 from idcscan.api.app import create_app
 from idcscan.core.settings import get_settings
 create_app(get_settings(data_dir=sys.argv[1]))
-import idcscan.api.queue, idcscan.broker  # what publishing a job loads
+import idcscan.broker  # what publishing a job loads
 heavy = sorted(m for m in ("torch", "onnxruntime", "onnx") if m in sys.modules)
 assert not heavy, heavy
 parts = sorted(m for m in sys.modules if m.startswith(("idcscan.worker", "idcscan.trainer")))

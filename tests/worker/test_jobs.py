@@ -14,6 +14,7 @@ from PIL import Image
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from idcscan.core import jobstate
 from idcscan.core.db import (
     ConfusionStat,
     ErrorKind,
@@ -25,9 +26,11 @@ from idcscan.core.db import (
     make_sessionmaker,
     utcnow,
 )
+from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.settings import Settings, get_settings
 from idcscan.core.storage import Storage
-from idcscan.worker.jobs import JobRunner, ModelCache, results_prefix
+from idcscan.worker.jobs import JobRunner, results_prefix
+from idcscan.worker.modelcache import ModelCache
 from idcscan.worker.reconciler import reconcile
 from tests.conftest import SAMPLE_PATIENTS, SAMPLE_SVS
 
@@ -229,23 +232,24 @@ def test_no_tissue_is_a_valid_empty_result(
 
 
 def test_cancelled_job_stops_and_leaves_nothing(
-    runner: JobRunner, sessions: sessionmaker[Session], new_job: JobMaker, settings: Settings
+    sessions: sessionmaker[Session], new_job: JobMaker, settings: Settings
 ) -> None:
     job_id = new_job(str(SAMPLE_PATIENTS / "8916"))
-    real_score = runner._score
 
-    def cancel_then_score(claim, heartbeat):  # type: ignore[no-untyped-def]
-        with sessions() as session, session.begin():
-            session.execute(
-                update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED.value)
-            )
-        heartbeat._write()  # the next progress write notices, as it would between batches
-        return real_score(claim, heartbeat)
+    class CancelOnLoad(ModelCache):
+        """The real model cache; the job is cancelled (as the API's cancel does, through
+        jobstate) the moment the worker loads the model to score it."""
 
-    runner._score = cancel_then_score  # type: ignore[method-assign]
+        def get(self, location: str) -> OnnxModel:
+            with sessions() as session, session.begin():
+                assert jobstate.cancel(session, job_id, now=utcnow())
+            return super().get(location)
+
+    runner = JobRunner(settings, sessions, CancelOnLoad(settings, threads=1))
     assert runner.run(job_id) == "cancelled"
-    assert job(sessions, job_id).status == JobStatus.CANCELLED
-    assert count(sessions, TileScore, job_id) == 0
+    cancelled = job(sessions, job_id)
+    assert cancelled.status == JobStatus.CANCELLED and cancelled.lease_owner is None
+    assert count(sessions, TileScore, job_id) == count(sessions, SlideResult, job_id) == 0
     assert not Storage(settings.storage).exists(results_prefix(job_id))
 
 
@@ -276,8 +280,18 @@ def test_reconciler_republishes_stuck_jobs(
     expired = new_job(str(SAMPLE_PATIENTS / "8916"))
     hopeless = new_job(str(SAMPLE_PATIENTS / "8916"))
     past = utcnow() - timedelta(seconds=settings.lease_s + 1)
+    message_lost = new_job(str(SAMPLE_PATIENTS / "8916"))
+    in_line = new_job(str(SAMPLE_PATIENTS / "8916"))
+    beyond_window = utcnow() - timedelta(seconds=settings.visibility_timeout_s + 1)
     with sessions() as session, session.begin():
-        session.execute(update(Job).where(Job.id == never_started).values(updated_at=past))
+        # never_started: its publish failed (published_at null); fresh: published just now.
+        session.execute(update(Job).where(Job.id == fresh).values(published_at=utcnow()))
+        # Published longer ago than the broker's visibility window: the message may be lost.
+        session.execute(
+            update(Job).where(Job.id == message_lost).values(published_at=beyond_window)
+        )
+        # Waiting in line for longer than a lease, but within the window: not published again.
+        session.execute(update(Job).where(Job.id == in_line).values(published_at=past))
         session.execute(
             update(Job)
             .where(Job.id == expired)
@@ -295,11 +309,12 @@ def test_reconciler_republishes_stuck_jobs(
         )
     published: list[uuid.UUID] = []
     done = reconcile(settings, sessions, published.append)
-    assert sorted(published, key=str) == sorted([never_started, expired], key=str)
+    assert sorted(published, key=str) == sorted([never_started, expired, message_lost], key=str)
     assert done.failed == [hopeless]
     assert (
         job(sessions, expired).status == JobStatus.QUEUED
         and job(sessions, fresh).status == JobStatus.QUEUED
+        and job(sessions, in_line).status == JobStatus.QUEUED
     )
     assert job(sessions, hopeless).error_kind == ErrorKind.WORKER_LOST
     # Touched jobs are not republished on the next tick.

@@ -15,6 +15,7 @@ from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import GridGeometry, parse_labels
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.slides import Slide, open_slide
+from idcscan.core.summary import SlideCall
 from idcscan.core.tiles import TileSpec, pad_tile
 from idcscan.worker import outputs
 from idcscan.worker.pipeline import Batch, confusion_of, prefetch, score_slide
@@ -111,8 +112,8 @@ def test_slide_with_no_tissue_scores_zero_tiles(tmp_path: Path, tiny_model: Path
     with open_slide(path, mpp=4.0) as slide:
         score = score_slide(slide, OnnxModel(tiny_model, "cpu", 1))
     assert len(score.rows) == 0
-    assert score.summary["slide_call"] == "no_tissue"
-    assert score.summary["max_probability"] is None
+    assert score.summary.slide_call == SlideCall.NO_TISSUE
+    assert score.summary.max_probability is None
     files = outputs.render(score)
     assert json.loads(files[outputs.GEOJSON])["features"] == []
     assert files[outputs.TILES_CSV].decode().strip() == "row,col,x,y,probability,label"
@@ -252,6 +253,6 @@ def test_the_slide_call_follows_the_models_own_rule(
     plan = plan_tiling(FakePyramid(4.0, (1.0,), size=(1000, 1000)), spec)
     probability = np.where(np.arange(40) < idc_tiles, 0.9, 0.1).astype(np.float32)
     summary = summarise(plan, probability)
-    assert summary["slide_call"] == call
-    assert summary["idc_area_mm2"] == pytest.approx(idc_tiles * 0.04)
-    assert f"{min_mm2:g} mm2" in summary["call_rule"]
+    assert summary.slide_call == call
+    assert summary.idc_area_mm2 == pytest.approx(idc_tiles * 0.04)
+    assert f"{min_mm2:g} mm2" in summary.call_rule

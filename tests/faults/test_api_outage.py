@@ -1,0 +1,112 @@
+"""PostgreSQL down under a running API: every `/v1` route answers 503 problem+json with
+`Retry-After`, one warning line per request (no traceback), and the API recovers by itself once
+the database is back."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from idcscan.core.migrate import upgrade
+from idcscan.core.settings import Settings, get_settings
+from tests.api.conftest import Service
+from tests.faults.servers import PostgresCluster, RedisServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+def _v1_routes(service: Service) -> list[tuple[str, str]]:
+    """Every (method, path) the app serves under /v1, its parameters filled in."""
+    from idcscan.api.app import create_app
+
+    app = create_app(service.settings)
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith("/v1"):
+            continue
+        path = re.sub(r"<[^>]*:job_id>", str(uuid.uuid4()), rule.rule)
+        path = re.sub(r"<[^>]*>", "1", path)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            routes.append((method, path))
+    app.extensions["idcscan.engine"].dispose()
+    return routes
+
+
+def test_database_down_answers_503_on_every_route(
+    own_postgres: tuple[PostgresCluster, str],
+    own_redis: RedisServer,
+    serve: Callable[[Settings], Service],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster, url = own_postgres
+    upgrade(url)
+    service = serve(
+        get_settings(data_dir=tmp_path / "data", database_url=url, broker_url=own_redis.url)
+    )
+    key = service.add_client()
+    assert service.get("/v1/jobs", key).status_code == 200
+    routes = _v1_routes(service)
+    assert len(routes) >= 10
+
+    cluster.stop("fast")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        for method, path in routes:
+            response = service.post(path, key) if method == "POST" else service.get(path, key)
+            assert response.status_code == 503, (method, path, response.text)
+            assert response.headers["Content-Type"] == "application/problem+json"
+            assert int(response.headers["Retry-After"]) > 0
+            body = response.json()
+            assert body["type"] == "urn:idcscan:problem:database-unavailable", (method, path)
+            assert body["detail"] == "The database is unavailable; retry later."
+            assert "psycopg" not in response.text and str(cluster.port) not in response.text
+    tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert tracebacks == []
+    warnings = [r for r in caplog.records if r.getMessage() == "database unavailable"]
+    assert len(warnings) == len(routes)
+
+    cluster.start()
+    assert service.get("/v1/jobs", key).status_code == 200
+    assert service.get("/healthz").status_code == 200
+
+
+def test_broker_down_at_submit_is_published_by_the_next_reconciler_round(
+    postgres_url: str,
+    own_redis: RedisServer,
+    serve: Callable[[Settings], Service],
+    tmp_path: Path,
+) -> None:
+    """The job is committed, its publish fails: 202 all the same, the failed publish recorded,
+    and the reconciler publishes it once the broker is back (not a visibility window later)."""
+    from idcscan.broker import publish_job
+    from idcscan.core.db import Job
+    from idcscan.worker.reconciler import reconcile
+    from tests.api.conftest import plain_tiff
+
+    upgrade(postgres_url)
+    settings = get_settings(
+        data_dir=tmp_path / "data", database_url=postgres_url, broker_url=own_redis.url
+    )
+    service = serve(settings)
+    key = service.add_client()
+    own_redis.kill()
+    response = service.submit(key, plain_tiff(tmp_path / "s.tiff", mpp=0.5), name="s.tiff")
+    assert response.status_code == 202, response.text
+    job_id = uuid.UUID(response.json()["id"])
+    with service.db() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.published_at is None
+
+    own_redis.start()
+    assert service.published() == []
+    done = reconcile(settings, service.db, lambda j: publish_job(j, settings))
+    assert done.republished == [job_id]
+    assert len(service.published()) == 1
+    # Published now: the next round leaves it alone while it waits in line.
+    assert reconcile(settings, service.db, lambda j: publish_job(j, settings)).republished == []
