@@ -16,8 +16,6 @@ from idcscan.core.tiles import TileSpec
 from tests.conftest import SAMPLE_PATIENTS
 from tests.worker.models import build_model
 
-SHARED_WSI = Path("/work/shared/data/wsi")
-
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

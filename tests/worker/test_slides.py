@@ -11,8 +11,7 @@ from PIL import Image
 
 from idcscan.core.errors import InvalidInput
 from idcscan.core.slides import open_slide
-from tests.conftest import SAMPLE_PATIENTS, SAMPLE_SVS
-from tests.worker.conftest import SHARED_WSI
+from tests.conftest import SAMPLE_PATIENTS, SAMPLE_SVS, SAMPLES
 
 
 def test_svs_has_pixel_size_and_white_background() -> None:
@@ -32,9 +31,7 @@ def test_job_mpp_overrides_the_slide() -> None:
 
 
 def test_real_slide_without_pixel_size_is_a_clear_error() -> None:
-    path = SHARED_WSI / "TCGA-CR-7395-01A-01-TS1.svs"
-    if not path.exists():
-        pytest.skip("the shared TCGA slide is not on this machine")
+    path = SAMPLES / "wsi" / "TCGA-CR-7395-01A-01-TS1.svs"  # bundled: a real slide with no MPP
     with pytest.raises(InvalidInput) as info:
         open_slide(path)
     assert info.value.code == "no-pixel-size"
