@@ -7,11 +7,12 @@ the threshold chosen on its validation fold) and as mean +- sd over folds; confu
 the held-out folds, and the ROC/PR curves pool them.
 
 The best configuration is the one with the highest mean held-out AUROC (threshold-free; ties by
-mean balanced accuracy). Of its fold models, the one with the best validation AUROC is exported to
-`OUT/best.onnx` with its own temperature and threshold (both fitted on its validation fold). Only
-then are the published test patients, which no fold contains, scored, once, through the worker's
-own inference path (`idcscan evaluate`). With `--split canonical` or `seeded` there is one "fold",
-whose test split plays both parts.
+mean balanced accuracy). Of its fold models, the one with the best validation AUROC is the base of
+the inference variants (`idcscan.trainer.variants`: test-time augmentation, cross-validated, and
+the fold ensemble), each calibrated and thresholded on validation; the chosen variant is copied to
+`OUT/best.onnx`. Only then are the published test patients, which no fold contains, scored, once,
+through the worker's own inference path; `OUT/best.metrics.json` records the same figures through
+torch. With `--split canonical` or `seeded` there is one "fold", whose test split plays both parts.
 """
 
 from __future__ import annotations

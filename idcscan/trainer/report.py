@@ -10,21 +10,6 @@ import numpy as np
 
 from idcscan.core.metrics import precision_recall_curve, roc_curve
 
-COLUMNS = (
-    ("fn", "missed IDC (fn)"),
-    ("balanced_accuracy", "BAC"),
-    ("f1", "F1"),
-    ("auroc", "AUROC"),
-    ("pr_auc", "PR-AUC"),
-    ("accuracy", "acc"),
-    ("precision", "prec"),
-    ("recall", "sens"),
-    ("specificity", "spec"),
-    ("tp", "tp"),
-    ("fp", "fp"),
-    ("tn", "tn"),
-)
-
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -32,24 +17,6 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
-
-
-def markdown_table(rows: list[dict[str, Any]], best: str, criterion: str) -> str:
-    """One line per model and split; the selected model is marked."""
-    header = ["model", "split", "threshold", *(title for _, title in COLUMNS)]
-    lines = [
-        f"Selected on validation by {criterion}: **{best}** (marked *).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for row in rows:
-        for split in ("val", "test"):
-            figures = row[split]
-            name = row["name"] + (" *" if row["name"] == best else "")
-            cells = [name, split, _cell(row["threshold"]), *(_cell(figures[k]) for k, _ in COLUMNS)]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _mean_sd(entry: dict[str, float | None], digits: int = 3) -> str:
