@@ -62,7 +62,8 @@ def _fold_view_margins(
     run: Path, val: PatchSet, held_out: PatchSet
 ) -> tuple[np.ndarray, np.ndarray]:
     cache = run / "tta-margins.npz"
-    if cache.is_file():
+    # Valid only for the weights it was computed from: a run trained again writes a newer best.pt.
+    if cache.is_file() and cache.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
         saved = np.load(cache)
         return saved["val"], saved["held_out"]
     head, _ = load_run(run)
