@@ -102,3 +102,22 @@ def test_pretrained_imagenet_weights_load_where_shapes_match(tmp_path: Path) -> 
     )
     with pytest.raises(ValueError, match="no weight matches"):
         load_pretrained(build_model("resnet18", width=0.25), path)
+
+
+def test_tta_margins_are_recomputed_for_new_weights(trained_run: Path, tiny_dataset: Path) -> None:
+    import os
+
+    from idcscan.trainer.data import load_patches
+    from idcscan.trainer.variants import _fold_view_margins
+
+    patches = load_patches(tiny_dataset)
+    val, held_out = patches.take(np.arange(20)), patches.take(np.arange(20, 40))
+    first = _fold_view_margins(trained_run, val, held_out)
+    cache = trained_run / "tta-margins.npz"
+    assert first[0].shape == (8, 20) and cache.is_file()
+    os.utime(cache, (1_000_000, 1_000_000))  # the weights are now newer than the cache
+    np.savez_compressed(cache, val=np.zeros((8, 20)), held_out=np.zeros((8, 20)))
+    os.utime(cache, (1_000_000, 1_000_000))
+    again = _fold_view_margins(trained_run, val, held_out)
+    np.testing.assert_allclose(again[0], first[0], atol=1e-5)  # recomputed, not the stale zeros
+    assert np.array_equal(_fold_view_margins(trained_run, val, held_out)[0], again[0])
