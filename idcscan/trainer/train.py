@@ -287,7 +287,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = checkpoint["state"]
-        torch.set_rng_state(checkpoint["torch_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"].cpu())  # map_location moved it to the device
         log.info("resumed %s at epoch %d", checkpoint_path, state["epoch"])
     (out / "args.json").write_text(json.dumps(plain_arguments(args), indent=2, default=str))
 
