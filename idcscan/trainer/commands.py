@@ -90,10 +90,12 @@ def _compare(args: argparse.Namespace) -> int:
 
     report = compare.main(args)
     print((Path(args.out) / "comparison.md").read_text())
-    print(
-        f"best by cross-validation: {report['best']} (fold {report['best_fold']}); "
+    shipped = (
         f"shipped variant {report['shipped']} -> {Path(args.out) / 'best.onnx'}"
+        if report["shipped"]
+        else "nothing exported (--no-export)"
     )
+    print(f"best by cross-validation: {report['best']} (fold {report['best_fold']}); {shipped}")
     return 0
 
 

@@ -13,6 +13,10 @@ the fold ensemble), each calibrated and thresholded on validation; the chosen va
 `OUT/best.onnx`. Only then are the published test patients, which no fold contains, scored, once,
 through the worker's own inference path; `OUT/best.metrics.json` records the same figures through
 torch. With `--split canonical` or `seeded` there is one "fold", whose test split plays both parts.
+
+`--jobs N` trains N folds at once, each in its own process (a GPU host, where one small network
+leaves the card mostly idle; or a CPU host with cores to spare). `--no-export` stops after the
+comparison: no variants, nothing shipped, the published test patients left unscored.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import argparse
 import itertools
 import json
 import logging
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +89,22 @@ def _selection_key(row: dict[str, Any]) -> tuple[float, float]:
     return (cv["auroc"]["mean"] or 0.0, cv["balanced_accuracy"]["mean"] or 0.0)
 
 
+def fold_arguments(
+    args: argparse.Namespace, config: dict[str, str], fold: int, out: Path
+) -> argparse.Namespace:
+    """The `idcscan train` options of one configuration's fold."""
+    return argparse.Namespace(
+        **{
+            **train.plain_arguments(args),
+            "arch": config["arch"],
+            "balance": config["balance"],
+            "augment": config["augment"],
+            "fold": fold,
+            "out": str(out / config["name"] / f"fold-{fold}"),
+        }
+    )
+
+
 def train_folds(
     args: argparse.Namespace, config: dict[str, str], folds: int, out: Path, patches: Any
 ) -> list[dict[str, Any]]:
@@ -93,18 +116,57 @@ def train_folds(
             log.info("%s fold %d already trained; reusing %s", config["name"], fold, run)
             fold_metrics.append(json.loads((run / "metrics.json").read_text()))
             continue
-        run_args = argparse.Namespace(
-            **{
-                **train.plain_arguments(args),
-                "arch": config["arch"],
-                "balance": config["balance"],
-                "augment": config["augment"],
-                "fold": fold,
-                "out": str(run),
-            }
-        )
-        fold_metrics.append(train.main(run_args, patches))
+        fold_metrics.append(train.main(fold_arguments(args, config, fold, out), patches))
     return fold_metrics
+
+
+# Larger networks first, so that the slowest folds do not start last.
+_COST_ORDER = {"densenet121": 0, "resnet18": 1, "alexnet": 2}
+_worker_patches: Any = None
+
+
+def _load_worker_patches(data: str, patients: list[str]) -> None:
+    global _worker_patches
+    logging.basicConfig(level=logging.INFO, format="%(processName)s %(message)s")
+    _worker_patches = load_patches(Path(data), patients)
+
+
+def _train_in_worker(run_args: dict[str, Any]) -> str:
+    train.main(argparse.Namespace(**run_args), _worker_patches)
+    return str(run_args["out"])
+
+
+def train_in_parallel(
+    args: argparse.Namespace,
+    configs: list[dict[str, str]],
+    folds: int,
+    out: Path,
+    patients: list[str],
+) -> None:
+    """Train every fold not yet finished in `args.jobs` processes, each loading the patches once.
+
+    Folds go out fold by fold (every configuration's fold 0 first), so that an interrupted
+    comparison has the same folds for every configuration; `--resume` finishes it.
+    """
+    # Each process gets its share of the cores unless --threads says otherwise.
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    per_process = argparse.Namespace(**{**vars(args), "threads": threads})
+    pending = [
+        fold_arguments(per_process, config, fold, out)
+        for fold in range(folds)
+        for config in sorted(configs, key=lambda c: _COST_ORDER.get(c["arch"], 9))
+        if not (args.resume and (out / config["name"] / f"fold-{fold}" / "metrics.json").is_file())
+    ]
+    if not pending:
+        return
+    log.info("training %d folds in %d processes", len(pending), args.jobs)
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(
+        args.jobs, context, initializer=_load_worker_patches, initargs=(args.data, patients)
+    ) as pool:
+        futures = [pool.submit(_train_in_worker, train.plain_arguments(a)) for a in pending]
+        for future in as_completed(futures):
+            log.info("trained %s", future.result())  # the first failure stops the comparison
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +176,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     splits = [train.resolve_split(args, fold)[0] for fold in range(folds)]
     final_test = train.resolve_split(args, 0)[1]
     patients = sorted({p for s in splits for p in (*s.train, *s.val, *s.test)} | set(final_test))
+    if args.jobs > 1:
+        train_in_parallel(args, configurations(args), folds, out, patients)
+        args = argparse.Namespace(**{**vars(args), "resume": True})  # reuse what they trained
     patches = load_patches(Path(args.data), patients)
 
     rows: list[dict[str, Any]] = []
@@ -141,52 +206,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         np.nanargmax([a if a is not None else np.nan for a in best["cv"]["best_val_auroc"]])
     )
     runs = [out / best["name"] / f"fold-{f}" for f in range(folds)]
-    shipped, variants, graph = finalize(args, best, best_fold, runs, splits, patches, out)
-
+    shipped: str | None = None
+    variants: dict[str, Any] = {}
     final: dict[str, Any] = {}
-    if final_test:
-        # Scored once, after every choice was made, through the worker's inference path.
-        test_set = patches.of_patients(final_test)
-        for name in dict.fromkeys([shipped, *(v for v in variants if v.startswith("ensemble"))]):
-            final[name] = evaluate_patches(Path(variants[name]["onnx"]), test_set)
-        update_identity(
-            out / "best.onnx",
-            {
-                "test_metrics": final[shipped]["overall"],
-                "confusion": {k: final[shipped]["overall"][k] for k in ("tp", "fp", "tn", "fn")},
-                "test_patients": list(final_test),
-            },
-        )
-        # The same patients through torch: what the shipped file must reproduce (a test checks
-        # it on the bundled sample patients), independent of onnxruntime.
-        threshold = variants[shipped]["threshold"]
-        torch_figures = split_report(
-            test_set.labels,
-            torch_probabilities(graph, test_set.tiles, TileSpec()),
-            test_set.patients,
-            threshold,
-        )
-        best_metrics = json.loads((runs[best_fold] / "metrics.json").read_text())
-        (out / "best.metrics.json").write_text(
-            json.dumps(
-                json_safe(
-                    {
-                        **{k: best_metrics[k] for k in ("arch", "width", "balance", "augment")},
-                        "variant": shipped,
-                        "threshold": threshold,
-                        "threshold_rule": best_metrics["threshold_rule"],
-                        "split": split_identity(best_metrics["split"]),
-                        "test": torch_figures,
-                    }
-                ),
-                indent=2,
+    if not args.no_export:
+        shipped, variants, graph = finalize(args, best, best_fold, runs, splits, patches, out)
+        if final_test:
+            final = score_final_test(
+                out, patches.of_patients(final_test), shipped, variants, graph, runs[best_fold]
             )
-        )
-        plot_confusion(
-            final[shipped]["overall"],
-            out / "confusion-final-test.png",
-            f"shipped model ({shipped}), published test patients",
-        )
 
     report = json_safe(
         {
@@ -200,18 +228,75 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "final_test_patients": list(final_test),
             "final_test": final,
             "models": [{k: v for k, v in r.items() if k != "folds"} for r in rows],
-            # The dataset's location is this machine's business: the report names it by what it is.
-            "settings": {**train.plain_arguments(args), "data": "<IDC dataset>"},
+            # Where the dataset and the runs lie is this machine's business: the report, which may
+            # be committed, names them by what they are.
+            "settings": {
+                **train.plain_arguments(args),
+                "data": "<IDC dataset>",
+                "out": Path(args.out).name,
+            },
         }
     )
     (out / "comparison.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "comparison.md").write_text(comparison_markdown(report))
+    if shipped is None:
+        log.info("best by cross-validation: %s; nothing exported (--no-export)", best["name"])
+        return report
     best_metrics = json.loads((runs[best_fold] / "metrics.json").read_text())
     (out / "MODEL_CARD.md").write_text(model_card(report, best_metrics))
     log.info(
         "shipped: %s of %s fold %d, in %s", shipped, best["name"], best_fold, out / "best.onnx"
     )
     return report
+
+
+def score_final_test(
+    out: Path, test_set: Any, shipped: str, variants: dict[str, Any], graph: Any, best_run: Path
+) -> dict[str, Any]:
+    """The published test patients, scored once, after every choice was made, through the worker's
+    inference path (the shipped variant and, for information, the ensemble)."""
+    final: dict[str, Any] = {}
+    for name in dict.fromkeys([shipped, *(v for v in variants if v.startswith("ensemble"))]):
+        final[name] = evaluate_patches(Path(variants[name]["onnx"]), test_set)
+    update_identity(
+        out / "best.onnx",
+        {
+            "test_metrics": final[shipped]["overall"],
+            "confusion": {k: final[shipped]["overall"][k] for k in ("tp", "fp", "tn", "fn")},
+            "test_patients": test_set.patient_ids,
+        },
+    )
+    # The same patients through torch: what the shipped file must reproduce (a test checks
+    # it on the bundled sample patients), independent of onnxruntime.
+    threshold = variants[shipped]["threshold"]
+    torch_figures = split_report(
+        test_set.labels,
+        torch_probabilities(graph, test_set.tiles, TileSpec()),
+        test_set.patients,
+        threshold,
+    )
+    best_metrics = json.loads((best_run / "metrics.json").read_text())
+    (out / "best.metrics.json").write_text(
+        json.dumps(
+            json_safe(
+                {
+                    **{k: best_metrics[k] for k in ("arch", "width", "balance", "augment")},
+                    "variant": shipped,
+                    "threshold": threshold,
+                    "threshold_rule": best_metrics["threshold_rule"],
+                    "split": split_identity(best_metrics["split"]),
+                    "test": torch_figures,
+                }
+            ),
+            indent=2,
+        )
+    )
+    plot_confusion(
+        final[shipped]["overall"],
+        out / "confusion-final-test.png",
+        f"shipped model ({shipped}), published test patients",
+    )
+    return final
 
 
 def finalize(

@@ -115,4 +115,16 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     add_balance_argument(parser, many=True)
     add_training_arguments(parser)
     parser.add_argument("--int8", action="store_true", help="also export an INT8 variant")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="folds trained at once, each in its own process (a GPU host: several per card; "
+        "give each --threads 1 or 2)",
+    )
+    parser.add_argument(
+        "--no-export",
+        action="store_true",
+        help="compare only: no inference variants, nothing shipped, test patients unscored",
+    )
     parser.add_argument("--out", required=True, help="comparison folder")

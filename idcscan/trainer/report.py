@@ -66,20 +66,25 @@ def fold_table(row: dict[str, Any]) -> list[str]:
 def comparison_markdown(report: dict[str, Any]) -> str:
     """The comparison as Markdown: the cross-validation table, each configuration's folds,
     and the published test patients scored once by the chosen model."""
+    exported = (
+        f"exported from its fold {report['best_fold']} (best validation AUROC)."
+        if report["shipped"]
+        else "nothing exported (`--no-export`)."
+    )
     lines = [
         "# Model comparison",
         "",
         f"{report['folds']} patient-level fold(s); every figure is on held-out patients at the "
         f"threshold chosen on the validation fold (rule: {report['settings']['threshold_rule']}). "
-        f"Selected by {report['criterion']}: **{report['best']}** (marked *), exported from its "
-        f"fold {report['best_fold']} (best validation AUROC).",
+        f"Selected by {report['criterion']}: **{report['best']}** (marked *), {exported}",
         "",
         *cv_table(report["models"], report["best"]),
         "",
     ]
     for row in report["models"]:
         lines += [f"## {row['name']}, per fold", "", *fold_table(row), ""]
-    lines += variants_section(report)
+    if report["shipped"]:
+        lines += variants_section(report)
     lines.append(
         "Confusion matrices (held-out folds summed): `confusion-<configuration>.png`; ROC and "
         "precision-recall curves (held-out folds pooled): `curves-held-out.png`."

@@ -108,3 +108,35 @@ def test_export_command_with_int8_variant(
     assert "accuracy_change" in summary["int8"]
     quantized = OnnxModel(out.with_name("m-int8.onnx"), provider="cpu")
     assert quantized.spec == OnnxModel(out, provider="cpu").spec
+
+
+def test_compare_trains_folds_in_parallel_and_can_stop_before_exporting(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def compare(out: Path, *extra: str) -> dict:
+        argv = ["compare", "--data", str(tiny_dataset), "--out", str(out), "--archs", "alexnet"]
+        argv += ["--balance", "undersample", "weighted", "--folds", "3", "--width", "0.125"]
+        argv += ["--epochs", "1", "--max-per-patient", "40", "--threads", "1", "--no-progress"]
+        argv += ["--device", "cpu", "--no-export", *extra]
+        assert cli(argv) == 0
+        return json.loads((out / "comparison.json").read_text())
+
+    with caplog.at_level("INFO", logger="idcscan.trainer.compare"):
+        parallel = compare(tmp_path / "parallel", "--jobs", "2")
+    assert "training 6 folds in 2 processes" in caplog.text
+    # Nothing chosen for shipping: no variants, no model file, the test patient left unscored.
+    assert parallel["shipped"] is None and parallel["variants"] == {}
+    assert parallel["final_test"] == {}
+    assert not (tmp_path / "parallel" / "best.onnx").exists()
+    assert "nothing exported" in (tmp_path / "parallel" / "comparison.md").read_text()
+    # No path of this machine in what may be committed.
+    assert str(tmp_path) not in (tmp_path / "parallel" / "comparison.json").read_text()
+
+    # The worker processes train exactly what one process would (same seeds, same folds).
+    sequential = compare(tmp_path / "sequential")
+    for mine, theirs in zip(parallel["models"], sequential["models"], strict=True):
+        assert mine["name"] == theirs["name"]
+        for a, b in zip(mine["cv"]["per_fold"], theirs["cv"]["per_fold"], strict=True):
+            assert {k: a[k] for k in ("tp", "fp", "tn", "fn")} == {
+                k: b[k] for k in ("tp", "fp", "tn", "fn")
+            }
