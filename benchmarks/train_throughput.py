@@ -1,12 +1,15 @@
 """Training and evaluation throughput (patches/s) of each architecture on this machine.
 
     python benchmarks/train_throughput.py [--data samples/idc] [--width 0.25] [--threads 0]
+    python benchmarks/train_throughput.py --device cuda --width 1   # a GPU host
 
-Training: augmentation (training preset) + forward + backward + AdamW step, batches of
-`--batch-size`. Evaluation: the same network exported to ONNX and run by onnxruntime through
-`OnnxModel.predict` (the shared preprocessing included), as the worker and `idcscan evaluate`
-run it, and by torch (eval preset, inference mode) for reference. Weights are freshly
-initialised: throughput does not depend on their values.
+Training: the trainer's own epoch (`idcscan.trainer.train.train_one_epoch`: augmentation in a
+prefetch thread, forward, backward, AdamW step, one-cycle schedule; mixed precision on CUDA),
+batches of `--batch-size`, after one warm-up epoch. Evaluation: the same network exported to
+ONNX and run by onnxruntime through `OnnxModel.predict` (the shared preprocessing included), as
+the worker and `idcscan evaluate` run it (CPU only), and by torch (eval preset, inference mode,
+mixed precision on CUDA) for reference. Weights are freshly initialised: throughput does not
+depend on their values.
 """
 
 from __future__ import annotations
@@ -24,46 +27,57 @@ import torch
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.tiles import TileSpec
 from idcscan.trainer.augment import ClassificationPresetEval, ClassificationPresetTrain
-from idcscan.trainer.data import load_patches
+from idcscan.trainer.data import PatchSet, load_patches
 from idcscan.trainer.export import to_onnx
 from idcscan.trainer.models import ProbabilityHead, build_model
 from idcscan.trainer.options import ARCHITECTURES
+from idcscan.trainer.train import pick_device, progress_bar, train_one_epoch, training_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def train_rate(
-    arch: str, width: float, tiles: np.ndarray, labels: np.ndarray, batch: int, steps: int
+    arch: str, width: float, patches: PatchSet, batch: int, steps: int, device: torch.device
 ) -> float:
+    """Patches/s of the trainer's epoch over `steps` batches, after a warm-up epoch as long."""
     torch.manual_seed(0)
-    model = build_model(arch, width).train()
+    model = build_model(arch, width).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-3, total_steps=2 * steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
     preset = ClassificationPresetTrain(TileSpec())
-    generator = torch.Generator().manual_seed(0)
     criterion = torch.nn.CrossEntropyLoss()
-    rng = np.random.default_rng(0)
-    seen, started = 0, 0.0
-    for step in range(steps + 2):
-        if step == 2:  # two warm-up steps
-            seen, started = 0, time.perf_counter()
-        index = np.sort(rng.choice(len(tiles), batch, replace=len(tiles) < batch))
-        images, targets = preset(tiles[index], generator), torch.from_numpy(labels[index])
-        loss = criterion(model(images), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        seen += batch
-    return seen / (time.perf_counter() - started)
+    indices = np.random.default_rng(0).choice(len(patches), batch * steps, replace=True)
+    rate = 0.0
+    with progress_bar(disable=True) as progress:
+        for epoch in range(2):  # the first warms up (cuDNN plans, allocator, thread pools)
+            task = progress.add_task("train", total=len(indices), status="")
+            batches = training_batches(
+                patches, indices, batch, preset, 0, epoch, pin_memory=device.type == "cuda"
+            )
+            figures = train_one_epoch(
+                model, criterion, optimizer, scheduler, batches, device, scaler, progress, task
+            )
+            rate = figures["patches_per_s"]
+    return rate
 
 
 @torch.inference_mode()
-def torch_eval_rate(model: torch.nn.Module, tiles: np.ndarray, repeats: int) -> float:
+def torch_eval_rate(
+    model: torch.nn.Module, tiles: np.ndarray, repeats: int, device: torch.device
+) -> float:
     preset = ClassificationPresetEval(TileSpec())
-    model(preset(tiles[:256]))
+    model.to(device)
+
+    def run(part: np.ndarray) -> None:
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            model(preset(part).to(device)).cpu()  # .cpu(): wait for the device's result
+
+    run(tiles[:256])
     started = time.perf_counter()
     for _ in range(repeats):
         for i in range(0, len(tiles), 256):
-            model(preset(tiles[i : i + 256]))
+            run(tiles[i : i + 256])
     return repeats * len(tiles) / (time.perf_counter() - started)
 
 
@@ -95,23 +109,32 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--eval-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads (0: all)")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="cuda: mixed precision"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
     patches = load_patches(Path(args.data))
+    card = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"torch threads {torch.get_num_threads()}; {len(patches)} patches from {args.data}; "
-        f"width {args.width}, batch {args.batch_size}"
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{card}, "
+        f"torch {torch.__version__} threads {torch.get_num_threads()}; {len(patches)} patches "
+        f"from {args.data}; width {args.width}, batch {args.batch_size}, device {device}"
     )
     rows = []
     for arch in args.archs:
-        train = train_rate(
-            arch, args.width, patches.tiles, patches.labels, args.batch_size, args.train_steps
-        )
+        train = train_rate(arch, args.width, patches, args.batch_size, args.train_steps, device)
         model = ProbabilityHead(build_model(arch, args.width)).eval()
-        evaluate_torch = torch_eval_rate(model, patches.tiles, args.eval_repeats)
-        evaluate_onnx = onnx_eval_rate(model, arch, patches.tiles, args.eval_repeats, args.threads)
+        evaluate_torch = torch_eval_rate(model, patches.tiles, args.eval_repeats, device)
+        model.cpu()
+        # onnxruntime as the CPU worker runs it (the GPU worker's figures: benchmarks/score_*).
+        evaluate_onnx = (
+            onnx_eval_rate(model, arch, patches.tiles, args.eval_repeats, args.threads)
+            if device.type == "cpu"
+            else float("nan")
+        )
         parameters = sum(p.numel() for p in model.parameters())
         rows.append((arch, parameters, train, evaluate_torch, evaluate_onnx))
         print(
