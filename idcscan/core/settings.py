@@ -110,7 +110,7 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         description="Pause after a webhook's first failed attempt; it doubles after each one, "
-        "up to `IDCSCAN_WEBHOOK_BACKOFF_MAX_S` (the defaults spread 12 attempts over ~8 hours).",
+        "up to `IDCSCAN_WEBHOOK_BACKOFF_MAX_S` (the defaults spread 12 attempts over about 3.4 hours).",
     )
     webhook_backoff_max_s: float = Field(
         default=3600.0, gt=0, description="Longest pause between two attempts of a webhook."

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 # Deliveries one round takes on; the rest wait for the next round (every `webhook_poll_s`).
 ROUND_LIMIT = 50
-# A try holds its row this long beyond its timeout, so two deliverers do not send it at once.
-CLAIM_MARGIN_S = 30
+# A try holds its row for this many of its timeouts (connecting and reading take one each), so
+# two deliverers do not send it at once; a try cut short by a killed process is sent again then.
+CLAIM_TIMEOUTS = 3
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def claim_due(session: Session, settings: Settings, now: datetime) -> list[uuid.
         .order_by(WebhookDelivery.next_attempt_at)
         .limit(ROUND_LIMIT)
     ).all()
-    held_until = now + timedelta(seconds=settings.webhook_timeout_s + CLAIM_MARGIN_S)
+    held_until = now + timedelta(seconds=settings.webhook_timeout_s * CLAIM_TIMEOUTS)
     claimed = []
     for job_id in due:
         taken: Any = session.execute(
