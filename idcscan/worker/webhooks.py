@@ -19,6 +19,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,8 +34,9 @@ from idcscan.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Deliveries one round takes on; the rest wait for the next round (every `webhook_poll_s`).
-ROUND_LIMIT = 50
+# Deliveries one round takes on, tried side by side, so that one slow receiver does not hold the
+# others; a full round is followed by the next at once, a partial one after `webhook_poll_s`.
+ROUND_LIMIT = 8
 # A try holds its row for this many of its timeouts (connecting and reading take one each), so
 # two deliverers do not send it at once; a try cut short by a killed process is sent again then.
 CLAIM_TIMEOUTS = 3
@@ -138,32 +140,46 @@ def _record(session: Session, settings: Settings, job_id: uuid.UUID, answer: Ans
         delivery.next_attempt_at = now + timedelta(seconds=backoff_s(settings, delivery.attempts))
 
 
+def _try(
+    settings: Settings, sessions: sessionmaker[Session], job_id: uuid.UUID, send: Post
+) -> None:
+    """One try of one claimed delivery, recorded."""
+    with sessions() as session:
+        prepared = _prepared(session, job_id)
+    if isinstance(prepared, Answer):
+        answer = prepared
+    else:
+        url, body, headers = prepared
+        answer = send(url, body, headers, settings.webhook_timeout_s)
+    with transaction(sessions) as session:
+        _record(session, settings, job_id, answer)
+    log.info(
+        "webhook of job %s: %s",
+        job_id,
+        "delivered" if answer.delivered else f"not delivered ({answer.error})",
+    )
+
+
 def deliver_due(settings: Settings, sessions: sessionmaker[Session], send: Post = post) -> int:
-    """One round: try every delivery due; returns how many were tried."""
+    """One round: try the deliveries due (at most `ROUND_LIMIT`, side by side); returns how many
+    were tried."""
     with transaction(sessions) as session:
         claimed = claim_due(session, settings, utcnow())
-    for job_id in claimed:
-        with sessions() as session:
-            prepared = _prepared(session, job_id)
-        if isinstance(prepared, Answer):
-            answer = prepared
-        else:
-            url, body, headers = prepared
-            answer = send(url, body, headers, settings.webhook_timeout_s)
-        with transaction(sessions) as session:
-            _record(session, settings, job_id, answer)
-        log.info(
-            "webhook of job %s: %s",
-            job_id,
-            "delivered" if answer.delivered else f"not delivered ({answer.error})",
-        )
+    if claimed:
+        with ThreadPoolExecutor(len(claimed), thread_name_prefix="idcscan-webhook") as pool:
+            for done in [pool.submit(_try, settings, sessions, j, send) for j in claimed]:
+                done.result()
     return len(claimed)
 
 
 def run_forever(settings: Settings, sessions: sessionmaker[Session], stop: threading.Event) -> None:
-    """Deliver every `webhook_poll_s` until `stop` is set; a failed round is logged, not fatal."""
-    while not stop.wait(settings.webhook_poll_s):
+    """Deliver until `stop` is set: a full round is followed by the next at once, others wait
+    `webhook_poll_s`. A failed round is logged, not fatal."""
+    pause = settings.webhook_poll_s
+    while not stop.wait(pause):
         try:
-            deliver_due(settings, sessions)
+            full = deliver_due(settings, sessions) == ROUND_LIMIT
         except Exception:
             log.exception("webhooks: round failed")
+            full = False
+        pause = 0 if full else settings.webhook_poll_s

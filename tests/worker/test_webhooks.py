@@ -5,6 +5,7 @@ port where nothing listens)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -32,7 +33,7 @@ from idcscan.core.settings import Settings, get_settings
 from idcscan.processes import free_port
 from idcscan.worker.webhooks import backoff_s, deliver_due
 from tests.conftest import SAMPLE_PATIENTS
-from tests.webhook_receiver import Receiver, readme_verify
+from tests.webhook_receiver import Received, Receiver, readme_verify
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +236,29 @@ def test_admin_prefixes_are_plain_http_urls() -> None:
         with pytest.raises(webhooks.CallbackRefused):
             webhooks.check_prefix(bad)
     assert webhooks.check_prefix("https://ris.example/hooks/") == "https://ris.example/hooks/"
+
+
+def test_a_slow_receiver_does_not_hold_the_others(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    make_job: Callable[[Settings], Callable[..., uuid.UUID]],
+) -> None:
+    def slow(received: Received) -> None:
+        if received.path == "/slow":
+            time.sleep(0.8)
+
+    receiver = Receiver(on_request=slow)
+    try:
+        prefix = receiver.url + "/"
+        held, quick = (
+            job_with_callback(settings, sessions, make_job, receiver.url + path, [prefix])[0]
+            for path in ("/slow", "/quick")
+        )
+        cancel(sessions, held)
+        cancel(sessions, quick)
+        assert deliver_due(settings, sessions) == 2
+        assert {delivery(sessions, j).status for j in (held, quick)} == {"delivered"}
+        (slow_one,), (quick_one,) = receiver.at("/slow"), receiver.at("/quick")
+        assert abs(quick_one.at - slow_one.at) < 0.5  # side by side, not one after the other
+    finally:
+        receiver.close()
