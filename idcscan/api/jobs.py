@@ -8,7 +8,9 @@ names one request: the job stores a fingerprint of what was asked (`request_fing
 retry that asks the same gets the first job back and one that asks something else is refused
 (422). It is
 race-safe through the unique index on (client_id, idempotency_key): the loser of a race catches
-the IntegrityError and answers with the winner's job.
+the IntegrityError and answers with the winner's job. A `callback_url` must be within the
+caller's webhook allow-list (`core/webhooks.py`), checked before anything is stored; a job shows
+its webhook's delivery (`webhook`) once it ended.
 """
 
 from __future__ import annotations
