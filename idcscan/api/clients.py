@@ -50,6 +50,7 @@ def client_out(client: Client) -> dict[str, Any]:
         "key_prefix": client.key_prefix,
         "created_at": aware(client.created_at),
         "revoked_at": aware(client.revoked_at),
+        "webhook_allow": client.webhook_prefixes or [],
     }
 
 

@@ -117,7 +117,10 @@ def _clients_list(args: argparse.Namespace) -> int:
     with _transaction() as session:
         for client in session.scalars(select(Client).order_by(Client.id)):
             state = f"revoked {client.revoked_at:%Y-%m-%d}" if client.revoked_at else "active"
-            print(f"{client.id}\t{client.name}\t{client.role}\t{client.key_prefix}\t{state}")
+            hooks = " ".join(client.webhook_prefixes or []) or "-"
+            print(
+                f"{client.id}\t{client.name}\t{client.role}\t{client.key_prefix}\t{state}\t{hooks}"
+            )
     return 0
 
 

@@ -332,6 +332,9 @@ class ClientOut(BaseModel):
     key_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    webhook_allow: list[str] = Field(
+        description="URL prefixes this client's jobs may name as callback_url."
+    )
 
 
 class ClientList(BaseModel):

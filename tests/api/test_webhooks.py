@@ -69,12 +69,9 @@ def test_an_admin_sets_the_allow_list_and_the_secret_is_shown_once(service: Serv
         assert refused.status_code == 422, bad
         assert refused.json()["type"] == "urn:idcscan:problem:invalid-webhook-prefix"
         assert bad not in refused.text
-    with service.db() as session:
-        client = session.get(Client, client_id(service, key))
-        assert client is not None and client.webhook_prefixes == [
-            HOOKS,
-            "http://10.1.2.3:8080/hooks",
-        ]
+    listed = service.get("/v1/clients", admin).json()["clients"]
+    (mine_listed,) = [c for c in listed if c["id"] == client_id(service, key)]
+    assert mine_listed["webhook_allow"] == [HOOKS, "http://10.1.2.3:8080/hooks"]
 
 
 @pytest.mark.parametrize(
@@ -182,6 +179,8 @@ def test_the_command_line_sets_the_allow_list_and_rotates_the_secret(
     assert main(["clients", "webhook-secret", "pacs"]) == 0
     rotated = capsys.readouterr().out.strip().splitlines()[-1]
     assert rotated.startswith("whsec_") and rotated != secret
+    assert main(["clients", "list"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"{HOOKS} https://b.example/")
     assert main(["clients", "webhooks", "pacs", "gopher://x/"]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one line
     from idcscan.core.db import make_engine, make_sessionmaker
