@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +33,7 @@ from idcscan.core.db import (
     transaction,
     utcnow,
 )
+from idcscan.core.heartbeat import beat
 from idcscan.core.settings import Settings
 from idcscan.core.storage import Storage
 from idcscan.core.storage_gc import GC_INTERVAL_S, collect_garbage
@@ -90,10 +92,15 @@ def reconcile(
 
 
 def run_forever(
-    settings: Settings, stop: threading.Event | None = None, gc_interval_s: float = GC_INTERVAL_S
+    settings: Settings,
+    stop: threading.Event | None = None,
+    gc_interval_s: float = GC_INTERVAL_S,
+    heartbeat: Path | None = None,
 ) -> None:
     """Reconcile every `reconcile_interval_s` until `stop` is set, and collect storage garbage
-    every `gc_interval_s`; a failed round is logged, not fatal."""
+    every `gc_interval_s`; a failed round is logged, not fatal. `heartbeat` is touched when the
+    loop starts and after every round, failed or not (`idcscan health scheduler`): it says the
+    loop turns; an unreachable database shows in the API's readiness."""
     from idcscan.broker import publish_job, queue_depth
 
     stop = stop or threading.Event()
@@ -102,6 +109,8 @@ def run_forever(
     storage = Storage(settings.storage)
     collected_at: float | None = None  # the first round collects, then every gc_interval_s
     log.info("reconciler: every %d s", settings.reconcile_interval_s)
+    if heartbeat is not None:
+        beat(heartbeat)
     try:
         while not stop.wait(settings.reconcile_interval_s):
             try:
@@ -119,5 +128,7 @@ def run_forever(
                     collect_garbage(storage, sessions)
                 except Exception:
                     log.exception("storage gc: round failed")
+            if heartbeat is not None:
+                beat(heartbeat)
     finally:
         engine.dispose()
