@@ -168,6 +168,7 @@ def test_every_health_check_parses_everywhere_and_means_its_service(
         assert test[0] == "CMD-SHELL" or (
             test[0] == "CMD" and not any(" " in arg for arg in test[1:])
         ), (name, test)
+    assert checks["proxy"] == ["CMD-SHELL", "sh /etc/nginx/idcscan/healthy.sh"]
     own = {"api": "api", "worker": "worker", "worker-cpu": "worker", "scheduler": "scheduler"}
     parser = build_parser()
     for name, role in own.items():
@@ -225,3 +226,15 @@ def test_the_proxy_body_limit_follows_the_upload_limit(tmp_path: Path, limit: in
     upload = limit or Settings().max_upload_bytes
     assert f"client_max_body_size {upload + MAX_LABELS_BYTES + 1024**2};" in rendered
     assert "server api:8000;" in rendered and "${" not in rendered
+
+
+def test_the_proxy_health_check_needs_a_listener() -> None:
+    import socket
+
+    check = ["sh", str(ROOT / "deploy/nginx/healthy.sh")]
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = str(listener.getsockname()[1])
+        assert subprocess.run([*check, port], capture_output=True, check=False).returncode == 0
+    assert subprocess.run([*check, port], capture_output=True, check=False).returncode != 0
