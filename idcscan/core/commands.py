@@ -56,7 +56,7 @@ def register(subparsers: Any) -> None:
             "--heartbeat",
             type=Path,
             default=None,
-            help=f"its file (default: idcscan-{role}.heartbeat in the temporary folder)",
+            help=f"its file (default: idcscan-{role}-UID.heartbeat in the temporary folder)",
         )
         check.add_argument(
             "--max-age-s",

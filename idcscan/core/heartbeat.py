@@ -13,22 +13,33 @@ they all mount.
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # How often the worker touches its file, in seconds; `idcscan health worker` allows several misses.
 WORKER_BEAT_S = 10.0
 
 
 def default_path(role: str) -> Path:
-    """The heartbeat file of `role` ("worker" or "scheduler") in this container or host."""
-    return Path(tempfile.gettempdir()) / f"idcscan-{role}.heartbeat"
+    """The heartbeat file of `role` ("worker" or "scheduler") in this container or host, named
+    with the user's id: on a shared host another user's file in /tmp is not ours to touch."""
+    return Path(tempfile.gettempdir()) / f"idcscan-{role}-{os.getuid()}.heartbeat"
 
 
 def beat(path: Path) -> None:
-    """Record that the loop turned now: create the file or renew its modification time."""
-    path.touch(mode=0o600, exist_ok=True)  # an existing file's time is renewed
+    """Record that the loop turned now: create the file or renew its modification time.
+
+    A file that cannot be written is logged, not raised: the process keeps working, and its
+    health check reports the missing heartbeat."""
+    try:
+        path.touch(mode=0o600, exist_ok=True)  # an existing file's time is renewed
+    except OSError as exc:
+        log.warning("heartbeat: cannot touch %s: %s", path, exc)
 
 
 def age_s(path: Path) -> float | None:

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         help="file the worker touches every 10 s while its loop runs, for `idcscan health "
-        "worker` (default: idcscan-worker.heartbeat in the temporary folder)",
+        "worker` (default: idcscan-worker-UID.heartbeat in the temporary folder)",
     )
     worker.set_defaults(func=_worker)
 
@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
         type=Path,
         default=None,
         help="file the reconciler touches each round, for `idcscan health scheduler` "
-        "(default: idcscan-scheduler.heartbeat in the temporary folder)",
+        "(default: idcscan-scheduler-UID.heartbeat in the temporary folder)",
     )
     scheduler.set_defaults(func=_scheduler)
 

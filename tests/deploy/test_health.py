@@ -40,6 +40,16 @@ def until_healthy(env: dict[str, str], *args: str, timeout: float = 30) -> None:
         time.sleep(0.5)
 
 
+def test_a_heartbeat_that_cannot_be_written_is_no_crash(tmp_path: Path) -> None:
+    from idcscan.core.heartbeat import age_s, beat
+
+    nowhere = tmp_path / "no-such-folder" / "worker.heartbeat"
+    beat(nowhere)  # logged; the health check then reports it
+    assert age_s(nowhere) is None
+    beat(tmp_path / "worker.heartbeat")
+    assert age_s(tmp_path / "worker.heartbeat") is not None
+
+
 def test_api_health_is_its_readiness(redis_url: str, tmp_path: Path) -> None:
     env = {
         "IDCSCAN_DATA_DIR": str(tmp_path / "data"),
