@@ -27,14 +27,22 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_TEST_URL = os.environ.get("IDCSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
+# Markers of tests that run only when asked for (`pytest -m NAME`): they take minutes.
+ON_REQUEST = {
+    "fuzz": "thorough fuzzing; run with -m fuzz",
+    "compose": "builds images and runs the compose stack; run with -m compose (.ci/run does)",
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `fuzz` run only when asked for (`pytest -m fuzz`): they take minutes."""
-    if "fuzz" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="thorough fuzzing; run with -m fuzz")
-    for item in items:
-        if item.get_closest_marker("fuzz"):
-            item.add_marker(skip)
+    """Tests marked `fuzz` or `compose` run only when their marker is selected."""
+    selected = config.option.markexpr or ""
+    for marker, reason in ON_REQUEST.items():
+        if marker in selected:
+            continue
+        for item in items:
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def service_missing(reason: str) -> None:

@@ -1,8 +1,10 @@
-"""Subcommands of the core: `db upgrade`, `db downgrade`, `db current`, `storage gc`, `settings`."""
+"""Subcommands of the core: `db upgrade`, `db downgrade`, `db current`, `storage gc`, `settings`,
+`health`."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -34,6 +36,36 @@ def register(subparsers: Any) -> None:
     settings = subparsers.add_parser("settings", help="print every setting, its value and meaning")
     settings.add_argument("--markdown", action="store_true", help="as a Markdown table")
     settings.set_defaults(func=_settings)
+
+    health = subparsers.add_parser(
+        "health",
+        help="a container's health check: exit 0 when this service works, 1 (and why) when not",
+    )
+    health_sub = health.add_subparsers(dest="health_of", required=True, metavar="SERVICE")
+    api = health_sub.add_parser(
+        "api", help="the API answers /readyz: database and broker reachable"
+    )
+    api.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    api.add_argument("--timeout-s", type=float, default=3.0)
+    api.set_defaults(func=_health_api)
+    for role, beats in (("worker", "every 10 s"), ("scheduler", "after each reconciler round")):
+        check = health_sub.add_parser(
+            role, help=f"the {role}'s heartbeat file (touched {beats}) is fresh"
+        )
+        check.add_argument(
+            "--heartbeat",
+            type=Path,
+            default=None,
+            help=f"its file (default: idcscan-{role}-UID.heartbeat in the temporary folder)",
+        )
+        check.add_argument(
+            "--max-age-s",
+            type=float,
+            default=None,
+            help="oldest heartbeat that counts as live (default: worker 60 s, scheduler three "
+            "reconcile intervals plus 60 s)",
+        )
+        check.set_defaults(func=_health_heartbeat, role=role)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -114,4 +146,47 @@ def _settings(args: argparse.Namespace) -> int:
         if name == "database_url" and value:
             value = _safe_url(value)
         print(f"IDCSCAN_{name.upper()}={'' if value is None else value}\n    {field.description}")
+    return 0
+
+
+def _health_api(args: argparse.Namespace) -> int:
+    """Readiness over HTTP from inside the API's container: the standard library only, so the
+    check costs an interpreter start and one request, and needs no curl in the image."""
+    import urllib.error
+    import urllib.request
+
+    url = args.url.rstrip("/") + "/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout_s) as reply:
+            print(f"healthy: {url} answered {reply.status}")
+            return 0
+    except urllib.error.HTTPError as exc:  # 503: database or broker unreachable
+        reason = f"answered {exc.code}: {exc.read(500).decode(errors='replace').strip()}"
+    except (OSError, ValueError) as exc:  # refused, timed out, malformed URL
+        reason = f"did not answer: {exc}"
+    print(f"unhealthy: {url} {reason}")
+    return 1
+
+
+def _health_heartbeat(args: argparse.Namespace) -> int:
+    from idcscan.core.heartbeat import WORKER_BEAT_S, age_s, default_path
+    from idcscan.core.settings import get_settings
+
+    path = args.heartbeat or default_path(args.role)
+    max_age = args.max_age_s
+    if max_age is None:
+        if args.role == "worker":
+            max_age = 6 * WORKER_BEAT_S
+        else:
+            max_age = 3 * get_settings().reconcile_interval_s + 60
+    age = age_s(path)
+    if age is None:
+        print(f"unhealthy: no {args.role} heartbeat at {path}")
+        return 1
+    if age > max_age:
+        print(
+            f"unhealthy: the {args.role}'s last heartbeat is {age:.0f} s old (at most {max_age:.0f})"
+        )
+        return 1
+    print(f"healthy: the {args.role}'s last heartbeat is {age:.0f} s old")
     return 0

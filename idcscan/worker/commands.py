@@ -46,11 +46,25 @@ def register(subparsers: Any) -> None:
         "embedded mode (the SQL broker)",
     )
     worker.add_argument("--pool", default="prefork", choices=["prefork", "solo"])
+    worker.add_argument(
+        "--heartbeat",
+        type=Path,
+        default=None,
+        help="file the worker touches every 10 s while its loop runs, for `idcscan health "
+        "worker` (default: idcscan-worker-UID.heartbeat in the temporary folder)",
+    )
     worker.set_defaults(func=_worker)
 
     scheduler = subparsers.add_parser(
         "scheduler",
         help="run the reconciler: re-publish jobs never started or whose worker was lost",
+    )
+    scheduler.add_argument(
+        "--heartbeat",
+        type=Path,
+        default=None,
+        help="file the reconciler touches each round, for `idcscan health scheduler` "
+        "(default: idcscan-scheduler-UID.heartbeat in the temporary folder)",
     )
     scheduler.set_defaults(func=_scheduler)
 
@@ -138,13 +152,16 @@ def embedded(settings: Any) -> bool:
 
 def _worker(args: argparse.Namespace) -> int:
     from idcscan.broker import QUEUE, create_app
+    from idcscan.core.heartbeat import default_path
     from idcscan.core.logs import configure as configure_logs
     from idcscan.core.settings import get_settings
     from idcscan.worker import tasks  # noqa: F401 - registers the tasks
+    from idcscan.worker.heartbeat import heartbeat_step
 
     settings = get_settings()
     configure_logs(settings.log_level)  # before Celery starts: it keeps the root logger as set
     app = create_app(settings)
+    app.steps["worker"].add(heartbeat_step(args.heartbeat or default_path("worker")))
     app.set_current()
     concurrency = args.concurrency or _default_concurrency()
     argv = [
@@ -177,6 +194,7 @@ def _scheduler(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from idcscan.core.heartbeat import default_path
     from idcscan.core.logs import configure as configure_logs
     from idcscan.core.settings import get_settings
     from idcscan.worker.reconciler import run_forever
@@ -185,5 +203,5 @@ def _scheduler(args: argparse.Namespace) -> int:
     configure_logs(settings.log_level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    run_forever(settings, stop)
+    run_forever(settings, stop, heartbeat=args.heartbeat or default_path("scheduler"))
     return 0

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -33,6 +34,7 @@ from idcscan.core.db import (
     transaction,
     utcnow,
 )
+from idcscan.core.heartbeat import beat
 from idcscan.core.settings import Settings
 from idcscan.core.storage import Storage
 from idcscan.core.storage_gc import GC_INTERVAL_S, collect_garbage
@@ -92,11 +94,16 @@ def reconcile(
 
 
 def run_forever(
-    settings: Settings, stop: threading.Event | None = None, gc_interval_s: float = GC_INTERVAL_S
+    settings: Settings,
+    stop: threading.Event | None = None,
+    gc_interval_s: float = GC_INTERVAL_S,
+    heartbeat: Path | None = None,
 ) -> None:
     """Reconcile every `reconcile_interval_s` until `stop` is set, and collect storage garbage
     every `gc_interval_s`; a failed round is logged, not fatal. Webhooks go out from a thread of
-    their own, every `webhook_poll_s`, so that a slow receiver never delays a round."""
+    their own, every `webhook_poll_s`, so that a slow receiver never delays a round. `heartbeat`
+    is touched when the loop starts and after every round, failed or not (`idcscan health
+    scheduler`): it says the loop turns; an unreachable database shows in the API's readiness."""
     from idcscan.broker import publish_job, queue_depth
 
     stop = stop or threading.Event()
@@ -112,6 +119,8 @@ def run_forever(
         daemon=True,  # a try cut short is safe: its claim runs out and it is sent again
     )
     deliverer.start()
+    if heartbeat is not None:
+        beat(heartbeat)
     try:
         while not stop.wait(settings.reconcile_interval_s):
             try:
@@ -129,6 +138,8 @@ def run_forever(
                     collect_garbage(storage, sessions)
                 except Exception:
                     log.exception("storage gc: round failed")
+            if heartbeat is not None:
+                beat(heartbeat)
     finally:
         stop.set()
         deliverer.join(timeout=2)

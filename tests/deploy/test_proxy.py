@@ -1,7 +1,7 @@
 """The proxy's configuration (deploy/nginx/) in a real nginx in front of a real `idcscan api`,
-rendered the way the official image renders it: the limits script sourced, the template passed
-through envsubst. Slow clients do not reach the API, an oversize body is refused by the proxy
-with the API's problem type before any of it is sent on, and an upload streams through.
+rendered by its entry point in compose (deploy/nginx/start.sh). Slow clients do not reach the
+API, an oversize body is refused by the proxy with the API's problem type before any of it is
+sent on, and an upload streams through.
 
 Skipped where no nginx is installed (`apt-get install nginx-light` on Debian)."""
 
@@ -33,18 +33,16 @@ DEPLOY = ROOT / "deploy" / "nginx"
 UPLOAD_LIMIT = 2 * 1024**2
 
 
-def render(env: dict[str, str]) -> str:
-    """The template as the image's entrypoint renders it (15-*.envsh, then envsubst)."""
-    script = DEPLOY / "15-idcscan-limits.envsh"
+def render(env: dict[str, str], out: Path) -> str:
+    """The template as the proxy's entry point renders it in compose (start.sh)."""
     template = DEPLOY / "templates" / "default.conf.template"
-    names = " ".join(f"${{{name}}}" for name in (*env, "NGINX_MAX_BODY_BYTES"))
-    return subprocess.run(
-        ["sh", "-c", f'. "{script}" && envsubst \'{names}\' < "{template}"'],
+    subprocess.run(
+        ["sh", str(DEPLOY / "start.sh"), str(template), str(out)],
         env=env,
         capture_output=True,
-        text=True,
         check=True,
-    ).stdout
+    )
+    return out.read_text()
 
 
 @pytest.fixture
@@ -76,7 +74,8 @@ def proxied(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
         {
             "IDCSCAN_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
             "NGINX_API_UPSTREAM": f"127.0.0.1:{api_port}",
-        }
+        },
+        tmp_path / "rendered.conf",
     )
     # What differs from the container: the port it listens on and where its files are.
     rendered = rendered.replace("listen 8443 ssl;", f"listen 127.0.0.1:{proxy_port} ssl;")

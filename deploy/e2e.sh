@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The compose stack end to end, as an operator runs it on plain Docker:
+#   deploy/e2e.sh
+# builds the api and worker-cpu images, starts the cpu profile, registers the model, adds a
+# client, submits a sample slide over HTTPS through the proxy, polls it to the end and fetches
+# every result format; then scales to two workers (both score), SIGKILLs the worker holding a
+# job (it finishes once), restarts redis and postgres (the stack recovers), brings the stack down
+# and up again on its volumes (migrate on an existing database; the jobs are still there), and
+# removes everything with `down -v`. Exits non-zero at the first thing that does not hold.
+#
+# Needs on the host: Docker with compose v2, curl, jq, openssl. Another engine: set COMPOSE (default `docker compose`), BUILD (default `docker build`) and
+# DOCKER (default `docker`); tests/deploy/test_e2e.py does so for the engine script of the
+# machine it runs on. Its own project name and port (COMPOSE_PROJECT_NAME, IDCSCAN_API_PORT)
+# keep it off a stack already running on the host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COMPOSE=${COMPOSE:-docker compose}
+BUILD=${BUILD:-docker build}
+DOCKER=${DOCKER:-docker}
+export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-idcscan-e2e}
+export IDCSCAN_API_PORT=${IDCSCAN_API_PORT:-18443}
+# Short leases and reconciler rounds: a killed worker's job is taken over in seconds, not minutes.
+export IDCSCAN_LEASE_S=10 IDCSCAN_RECONCILE_INTERVAL_S=5
+SLIDE=samples/wsi/CMU-1-Small-Region.svs
+WORK=$(mktemp -d)
+started=$SECONDS
+
+say() { printf '[e2e %3ds] %s\n' $((SECONDS - started)) "$*"; }
+fail() {
+  say "FAILED: $*"
+  tail -n 20 "$WORK/compose.log" || true
+  $COMPOSE --profile cpu ps -a || true
+  $COMPOSE --profile cpu logs --tail 40 || true
+  exit 1
+}
+# No GPU worker here (`--scale worker=0`); --no-recreate: some engines would recreate running
+# containers on every `up` (plain Docker does not need it, and it does no harm there).
+up() {
+  $COMPOSE --profile cpu up -d --no-build --pull never --no-recreate --scale worker=0 "$@" \
+    >>"$WORK/compose.log" 2>&1 || fail "up $*"
+}
+cleanup() { $COMPOSE --profile cpu down -v --timeout 10 >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# Every service running and healthy (`docker compose ps`; migrate has exited, so it is not listed).
+wait_healthy() {
+  local deadline=$((SECONDS + ${1:-240})) states
+  while :; do
+    states=$($COMPOSE --profile cpu ps --format '{{.Service}}:{{.State}}:{{.Health}}')
+    if [ -n "$states" ] && ! grep -v -E ':running:healthy$' <<<"$states" >/dev/null; then
+      say "healthy: $(tr '\n' ' ' <<<"$states")"
+      return 0
+    fi
+    [ $SECONDS -lt $deadline ] || fail "not healthy in time: $(tr '\n' ' ' <<<"$states")"
+    sleep 3
+  done
+}
+
+api() { curl -sS --fail-with-body --cacert "$WORK/tls/tls.crt" -H "Authorization: Bearer $KEY" "$@"; }
+URL=https://localhost:$IDCSCAN_API_PORT
+
+submit() {  # submit KEY -> job id, over HTTPS through the proxy
+  api -H "Idempotency-Key: $1" -F "slide=@$SLIDE" "$URL/v1/jobs" | jq -r .id
+}
+
+wait_job() {  # wait_job ID [seconds] -> until succeeded; fails on failed/cancelled
+  local deadline=$((SECONDS + ${2:-180})) status
+  while :; do
+    status=$(api "$URL/v1/jobs/$1" | jq -r .status) || status=unreachable
+    case $status in
+      succeeded) return 0 ;;
+      failed | cancelled) fail "job $1 ended $status: $(api "$URL/v1/jobs/$1")" ;;
+    esac
+    [ $SECONDS -lt $deadline ] || fail "job $1 still $status"
+    sleep 1
+  done
+}
+
+# --- images and secrets -------------------------------------------------------------------------
+say "building the api and worker-cpu images"
+$BUILD --target api -t idcscan-api:latest . >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "build api"; }
+$BUILD --target worker-cpu -t idcscan-worker-cpu:latest . >>"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log"; fail "build worker-cpu"; }
+mkdir -p "$WORK/tls"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost -keyout "$WORK/tls/tls.key" -out "$WORK/tls/tls.crt" 2>/dev/null
+chmod 0644 "$WORK/tls/tls.key"  # read by nginx's master, as root, through a read-only mount
+export IDCSCAN_TLS_DIR=$WORK/tls POSTGRES_PASSWORD=$(openssl rand -hex 16)
+
+# --- up, model, client, one slide through the proxy ---------------------------------------------
+say "up with the cpu profile"
+up
+wait_healthy
+$COMPOSE exec -T api idcscan models register --activate >/dev/null
+KEY=$($COMPOSE exec -T api idcscan clients add e2e | tail -n 1 | tr -d '\r')
+FIRST=$(submit first)
+say "submitted $FIRST"
+wait_job "$FIRST"
+api -o "$WORK/result.json" "$URL/v1/jobs/$FIRST/result"
+api -o "$WORK/tiles.json" "$URL/v1/jobs/$FIRST/tiles"
+api -o "$WORK/tiles.csv" -H "Accept: text/csv" "$URL/v1/jobs/$FIRST/tiles"
+api -o "$WORK/heatmap.png" "$URL/v1/jobs/$FIRST/heatmap.png"
+api -o "$WORK/annotations.geojson" "$URL/v1/jobs/$FIRST/annotations.geojson"
+jq -e '.tissue_tiles > 0' "$WORK/result.json" >/dev/null || fail "result"
+jq -e 'length > 0' "$WORK/tiles.json" >/dev/null || fail "tiles as JSON"
+[ "$(wc -l <"$WORK/tiles.csv")" -gt 1 ] || fail "tiles as CSV"
+[ "$(head -c 4 "$WORK/heatmap.png" | tail -c 3)" = PNG ] || fail "heatmap"
+jq -e '.type == "FeatureCollection"' "$WORK/annotations.geojson" >/dev/null || fail "GeoJSON"
+say "job $FIRST succeeded; result, tiles (JSON, CSV), heatmap and GeoJSON fetched"
+
+# --- two workers ----------------------------------------------------------------------------------
+say "scaling to two workers"
+up --scale worker-cpu=2
+wait_healthy
+SPREAD=()
+for n in 1 2 3 4 5 6; do SPREAD+=("$(submit "spread-$n")"); done
+for job in "${SPREAD[@]}"; do wait_job "$job"; done
+spread=$(IFS='|'; echo "${SPREAD[*]}")
+for replica in 1 2; do
+  $DOCKER logs "$COMPOSE_PROJECT_NAME-worker-cpu-$replica" 2>&1 | grep -q -E "job ($spread): succeeded" \
+    || fail "worker-cpu-$replica scored none of the six"
+done
+say "both workers scored"
+
+# --- a worker SIGKILLed mid-job ----------------------------------------------------------------------
+KILLED=$(submit killed)
+holder=
+for _ in $(seq 300); do
+  holder=$($COMPOSE --profile cpu logs worker-cpu 2>/dev/null \
+    | grep "job $KILLED: claimed" | head -n 1 | cut -d ' ' -f 1 || true)
+  [ -n "$holder" ] && break
+  sleep 0.1
+done
+[ -n "$holder" ] || fail "no worker claimed $KILLED"
+$DOCKER kill -s KILL "$COMPOSE_PROJECT_NAME-$holder" >/dev/null
+say "SIGKILLed $holder holding $KILLED"
+wait_job "$KILLED" 180
+finished=$($COMPOSE --profile cpu logs worker-cpu 2>/dev/null | grep -c "job $KILLED: succeeded" || true)
+[ "$finished" = 1 ] || fail "job $KILLED succeeded $finished times"
+attempts=$(api "$URL/v1/jobs/$KILLED" | jq .attempts)
+[ "$attempts" -ge 2 ] || fail "job $KILLED ran $attempts time(s): it was not killed mid-job"
+say "job $KILLED finished once, on attempt $attempts"
+up --scale worker-cpu=2  # the killed container back (a restart policy does not undo a kill)
+wait_healthy
+
+# --- redis and postgres restarted ----------------------------------------------------------------
+say "restarting redis and postgres"
+$COMPOSE restart redis postgres >>"$WORK/compose.log" 2>&1
+wait_healthy
+AFTER=$(submit after-restart)
+wait_job "$AFTER"
+say "job $AFTER succeeded after the restart"
+
+# --- down and up on the same volumes: migrate on an existing database --------------------------
+say "down (volumes kept) and up again"
+$COMPOSE --profile cpu down --timeout 30 >>"$WORK/compose.log" 2>&1
+up
+wait_healthy
+$COMPOSE --profile cpu logs migrate | grep -q "database at head" || fail "migrate did not run"
+for job in "$FIRST" "$KILLED" "$AFTER"; do
+  [ "$(api "$URL/v1/jobs/$job" | jq -r .status)" = succeeded ] || fail "job $job lost"
+done
+AGAIN=$(submit after-upgrade)
+wait_job "$AGAIN"
+say "earlier jobs still there; a new one succeeded"
+
+$COMPOSE --profile cpu down -v --timeout 30 >>"$WORK/compose.log" 2>&1
+say "down -v: passed in $((SECONDS - started)) s"
