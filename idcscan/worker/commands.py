@@ -80,6 +80,7 @@ def _score(args: argparse.Namespace) -> int:
     from idcscan.core.slides import open_slide
     from idcscan.core.storage import open_uri
     from idcscan.worker import outputs
+    from idcscan.worker.evaluation import evaluate, ground_truth
     from idcscan.worker.pipeline import score_slide
 
     settings = get_settings()
@@ -95,7 +96,10 @@ def _score(args: argparse.Namespace) -> int:
     with open_slide(
         args.slide, mpp=args.mpp, max_pixels=settings.max_slide_pixels, allow_multi_file=True
     ) as slide:
-        score = score_slide(slide, model, batch_size=settings.batch_size, truth=truth)
+        score = score_slide(slide, model, batch_size=settings.batch_size)
+        truth = ground_truth(slide, truth)
+        if truth is not None:
+            score = evaluate(score, truth)
     files = outputs.render(score)
     elapsed = time.perf_counter() - started
     out = args.out or Path(Path(str(args.slide).rstrip("/")).name + ".idcscan")
