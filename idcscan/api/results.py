@@ -31,6 +31,7 @@ from idcscan.core import tilerows
 from idcscan.core.db import ConfusionStat, Job, JobStatus, Model, SlideResult, TileScore
 from idcscan.core.metrics import Confusion
 from idcscan.core.storage import open_uri
+from idcscan.core.summary import SlideSummary
 
 bp = Blueprint("results", __name__, url_prefix="/v1")
 
@@ -65,18 +66,7 @@ def get_result(job_id: uuid.UUID) -> Any:
         job_id=job.id,
         model_id=result.model_id,
         model_version=model.version if model else "",
-        tissue_tiles=result.tissue_tiles,
-        idc_tiles=result.idc_tiles,
-        idc_area_mm2=result.idc_area_mm2,
-        idc_fraction=result.idc_fraction,
-        max_probability=result.max_probability,
-        mean_probability=result.mean_probability,
-        slide_call=result.slide_call,
-        call_rule=result.call_rule,
-        threshold=result.threshold,
-        level=result.level,
-        level_mpp=result.level_mpp,
-        effective_mpp=result.effective_mpp,
+        **SlideSummary.from_columns(result).as_dict(),
         confusion=confusion,
         created_at=aware(result.created_at),
     )
