@@ -45,12 +45,12 @@ def main() -> None:
     parser.add_argument("--skip-worker", action="store_true")
     args = parser.parse_args()
 
+    from idcscan.core.assemble import assemble
     from idcscan.core.onnxmodel import OnnxModel
     from idcscan.core.settings import get_settings
     from idcscan.core.slides import open_slide
     from idcscan.core.tiles import to_model_input
     from idcscan.worker import outputs
-    from idcscan.worker.assemble import assemble
     from idcscan.worker.pipeline import score_slide
     from idcscan.worker.tiling import find_tissue, iter_tile_blocks, plan_tiling
 

@@ -35,9 +35,9 @@ SAFETY_MARGIN = 0.5
 
 def score_assembled(patient_dir: Path, work: Path, model: Any) -> dict[str, Any]:
     """Reassemble a patient folder into a pyramidal TIFF and score it as a worker would."""
+    from idcscan.core.assemble import assemble
     from idcscan.core.labels import parse_labels
     from idcscan.core.slides import open_slide
-    from idcscan.worker.assemble import assemble
     from idcscan.worker.evaluation import evaluate
     from idcscan.worker.pipeline import score_slide
 

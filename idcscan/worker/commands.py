@@ -1,4 +1,4 @@
-"""Subcommands of the worker: `assemble`, `score`, `worker`, `scheduler`. Heavy imports stay inside."""
+"""Subcommands of the worker: `score`, `worker`, `scheduler`. Heavy imports stay inside."""
 
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    assemble = subparsers.add_parser(
-        "assemble",
-        help="reassemble a patient's patches into a pyramidal TIFF with its ground truth",
-    )
-    assemble.add_argument("patient_dir", type=Path, help="<patient>/ folder holding 0/ and 1/")
-    assemble.add_argument("--out", type=Path, required=True, help="SLIDE.tiff to write")
-    assemble.set_defaults(func=_assemble)
-
     score = subparsers.add_parser("score", help="score one slide locally, no queue")
     score.add_argument("slide", help="slide file, patch folder/zip, or fsspec URI")
     score.add_argument(
@@ -53,17 +45,6 @@ def register(subparsers: Any) -> None:
         help="run the reconciler: re-publish jobs never started or whose worker was lost",
     )
     scheduler.set_defaults(func=_scheduler)
-
-
-def _assemble(args: argparse.Namespace) -> int:
-    from idcscan.worker.assemble import assemble
-
-    done = assemble(args.patient_dir, args.out)
-    print(
-        f"{done.tiff}: {done.width} x {done.height} px at 4 um/px, {done.levels} levels, "
-        f"{done.patches} patches ({done.idc_patches} IDC)\n{done.geojson}\n{done.tiles_csv}"
-    )
-    return 0
 
 
 def default_model() -> Path:

@@ -37,7 +37,7 @@ def long_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     enough to hit a job in the middle)."""
     import numpy as np
 
-    from idcscan.worker.assemble import write_pyramid
+    from idcscan.core.assemble import write_pyramid
 
     rng = np.random.default_rng(0)
     pixels = np.empty((4000, 4000, 3), np.uint8)

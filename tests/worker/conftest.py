@@ -25,7 +25,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def assembled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Patient 8916 reassembled as a pyramidal TIFF (with .geojson and .tiles.csv beside it)."""
-    from idcscan.worker.assemble import assemble
+    from idcscan.core.assemble import assemble
 
     out = tmp_path_factory.mktemp("assembled") / "8916.tiff"
     assemble(SAMPLE_PATIENTS / "8916", out)

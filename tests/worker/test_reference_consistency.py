@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from idcscan.core.assemble import assemble
 from idcscan.core.labels import parse_labels
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.patches import iter_patches
 from idcscan.core.slides import open_slide
-from idcscan.worker.assemble import assemble
 from idcscan.worker.evaluation import evaluate
 from idcscan.worker.pipeline import score_slide
 from tests.conftest import ROOT, SAMPLE_PATIENTS
