@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from idcscan.core.db import Client, ConfusionStat, Job, JobStatus, SlideResult, transaction
+from idcscan.core.db import Job, JobStatus, transaction
+from tests import factories
 from tests.conftest import SAMPLE_SVS
 
 from .conftest import KOMBU_NOLOAD, Service, register_model
@@ -34,47 +35,16 @@ def _finish(
     service: Service, job_id: str, at: datetime, counts: tuple[int, int, int, int], model_id: int
 ) -> None:
     """Mark a job succeeded with a summary and a confusion matrix, as the worker does."""
-    tp, fp, tn, fn = counts
     with transaction(service.db) as session:
         job = session.get(Job, uuid.UUID(job_id))
         assert job is not None
         job.status, job.finished_at, job.model_id = JobStatus.SUCCEEDED.value, at, model_id
-        session.add(
-            SlideResult(
-                job_id=job.id,
-                model_id=model_id,
-                level=0,
-                level_mpp=0.5,
-                effective_mpp=4.0,
-                tissue_tiles=tp + fp + tn + fn,
-                idc_tiles=tp + fp,
-                idc_area_mm2=0.1,
-                idc_fraction=0.5,
-                max_probability=0.9,
-                mean_probability=0.5,
-                slide_call="idc",
-                call_rule="any tile",
-                threshold=0.5,
-                created_at=at,
-            )
-        )
-        session.add(
-            ConfusionStat(
-                job_id=job.id,
-                client_id=job.client_id,
-                model_id=model_id,
-                threshold=0.5,
-                tp=tp,
-                fp=fp,
-                tn=tn,
-                fn=fn,
-                created_at=at,
-            )
-        )
+        session.flush()
+        factories.results(session, job, counts, created_at=at)
 
 
 def test_confusion_statistics_by_model_and_period(service: Service) -> None:
-    key = service.add_client("hospital-a")
+    client_a, key = service.new_client("hospital-a")
     other_key = service.add_client("hospital-b")
     second_model = register_model(service.db, "test-2", active=False)
     first = service.model_id
@@ -120,7 +90,6 @@ def test_confusion_statistics_by_model_and_period(service: Service) -> None:
 
     # Results are readable now, and the other tenant's matrix never mixes in.
     with service.db() as session:
-        client_a = session.scalar(select(Client.id).where(Client.name == "hospital-a"))
         job_a = session.scalar(
             select(Job.id).where(Job.client_id == client_a).order_by(Job.created_at)
         )
