@@ -74,3 +74,20 @@ def test_deleting_a_job_deletes_its_tiles(sessions) -> None:
         session.delete(job)
         session.commit()
         assert session.scalar(select(func.count()).select_from(TileScore)) == 0
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_a_factory_job_holds_what_its_state_implies(sessions, status: JobStatus) -> None:
+    """Tests build jobs in every state with `tests.factories.job`: each must look like one the
+    service left there (a running job leased, an ended one cleared as `jobstate.ended` clears)."""
+    with sessions() as session:
+        client, model = _client_and_model(session)
+        job = factories.job(session, client, model, status)
+        session.commit()
+        stored = session.get(Job, job.id)
+        assert stored is not None and stored.status == status.value
+        leased = stored.lease_owner is not None and stored.lease_expires_at is not None
+        assert leased == (status == JobStatus.RUNNING)
+        assert (stored.finished_at is not None) == status.finished
+        assert (stored.error_kind is not None) == (status == JobStatus.FAILED)
+        assert stored.attempts == (0 if status == JobStatus.QUEUED else 1)
