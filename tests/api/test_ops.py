@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
+from idcscan.api.schemas import TileOut
+from idcscan.core import tilerows
 from idcscan.core.db import JobStatus
 from idcscan.core.settings import Settings
 from idcscan.core.summary import SlideCall, SlideSummary
@@ -151,6 +153,7 @@ def test_the_result_schema_is_the_summary_dataclass(service: Service) -> None:
     summary = {name for name in result["properties"] if name not in envelope}
     assert summary == {field.name for field in dataclasses.fields(SlideSummary)}
     assert set(summary) <= set(result["required"])
+    assert tuple(TileOut.model_fields) == tilerows.SCORE_COLUMNS  # the CSV's columns, too
     calls = json.dumps(document["components"]["schemas"])
     assert all(f'"{call.value}"' in calls for call in SlideCall)
     job = _schema(document, "/v1/jobs/{job_id}")
