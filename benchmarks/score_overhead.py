@@ -46,10 +46,8 @@ def main() -> None:
 
     from idcscan.broker import publish_job
     from idcscan.core.db import (
-        Client,
         Job,
         JobStatus,
-        Model,
         make_engine,
         make_sessionmaker,
         transaction,
@@ -61,6 +59,7 @@ def main() -> None:
     from idcscan.core.storage import Storage
     from idcscan.worker import outputs
     from idcscan.worker.pipeline import score_slide
+    from tests import factories
 
     work = Path(tempfile.mkdtemp(prefix="idcscan-overhead-"))
     model_path = benchmark_model(work, args.model)
@@ -91,19 +90,10 @@ def main() -> None:
         engine = make_engine(database)
         sessions = make_sessionmaker(engine)
         with transaction(sessions) as session:
-            client = Client(name="bench", key_prefix="bench", key_hash="-")
-            model = Model(
-                version="bench",
-                architecture="bench",
-                onnx_sha256="0" * 64,
-                location=str(model_path),
-                tile_spec={},
-                threshold=0.5,
-                active=True,
+            client, _key = factories.client(session, "bench")
+            model = factories.model(
+                session, "bench", architecture="bench", location=str(model_path), active=True
             )
-            session.add_all([client, model])
-            session.flush()
-            ids = (client.id, model.id)
 
         onnx_model = OnnxModel(model_path, "cpu")
 
@@ -128,10 +118,7 @@ def main() -> None:
         for i in range(args.jobs + 1):
             start = time.perf_counter()
             with transaction(sessions) as session:
-                job = Job(client_id=ids[0], model_id=ids[1], slide_uri=slide_uri)
-                session.add(job)
-                session.flush()
-                job_id = job.id
+                job_id = factories.job(session, client, model, slide_uri=slide_uri).id
             publish_job(job_id, settings)
             while True:
                 with sessions() as session:

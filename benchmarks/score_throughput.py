@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +44,12 @@ def main() -> None:
     parser.add_argument("--skip-worker", action="store_true")
     args = parser.parse_args()
 
+    from idcscan.core.assemble import assemble
     from idcscan.core.onnxmodel import OnnxModel
     from idcscan.core.settings import get_settings
     from idcscan.core.slides import open_slide
     from idcscan.core.tiles import to_model_input
     from idcscan.worker import outputs
-    from idcscan.worker.assemble import assemble
     from idcscan.worker.pipeline import score_slide
     from idcscan.worker.tiling import find_tissue, iter_tile_blocks, plan_tiling
 
@@ -124,10 +123,8 @@ def _through_worker(
     """Median claim-to-done seconds of jobs run by a real `idcscan worker`."""
     from idcscan.broker import publish_job
     from idcscan.core.db import (
-        Client,
         Job,
         JobStatus,
-        Model,
         make_engine,
         make_sessionmaker,
         transaction,
@@ -135,6 +132,7 @@ def _through_worker(
     from idcscan.core.migrate import upgrade
     from idcscan.core.settings import get_settings
     from idcscan.core.storage import Storage
+    from tests import factories
 
     env = {"IDCSCAN_DATA_DIR": str(work / "data")}
     if args.database:
@@ -147,20 +145,8 @@ def _through_worker(
     upgrade(settings.database)
     sessions = make_sessionmaker(make_engine(settings.database))
     with transaction(sessions) as session:
-        client = Client(
-            name=f"bench-{uuid.uuid4().hex[:6]}", key_prefix=uuid.uuid4().hex[:12], key_hash="-"
-        )
-        model = Model(
-            version=f"bench-{uuid.uuid4().hex[:6]}",
-            architecture="bench",
-            onnx_sha256=uuid.uuid4().hex * 2,
-            location=str(model_path),
-            tile_spec={},
-            threshold=0.5,
-        )
-        session.add_all([client, model])
-        session.flush()
-        ids = (client.id, model.id)
+        client, _key = factories.client(session)
+        model = factories.model(session, architecture="bench", location=str(model_path))
     # Workers read only what the service stored (the API copies every slide in).
     slide_uri = Storage(settings.storage).put_file(slide, f"slides/bench/{Path(slide).name}")
     worker = subprocess.Popen(
@@ -173,10 +159,7 @@ def _through_worker(
         durations = []
         for _ in range(args.repeats + 1):  # the first job pays the model load in the worker
             with transaction(sessions) as session:
-                job = Job(client_id=ids[0], model_id=ids[1], slide_uri=slide_uri)
-                session.add(job)
-                session.flush()
-                job_id = job.id
+                job_id = factories.job(session, client, model, slide_uri=slide_uri).id
             publish_job(job_id, settings)
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:

@@ -130,9 +130,9 @@ def _wait_ready(client: Client, processes: list[subprocess.Popen[bytes]], logs: 
 
 def _prepare(settings: Settings, model: Path, work: Path) -> tuple[str, list[DemoSlide]]:
     from idcscan.api.auth import add_client
+    from idcscan.core.assemble import assemble
     from idcscan.core.db import make_engine, make_sessionmaker, transaction
     from idcscan.core.registry import register_model
-    from idcscan.worker.assemble import assemble
 
     registered = register_model(model, activate=True, database=settings.database)
     console.print(

@@ -35,15 +35,16 @@ SAFETY_MARGIN = 0.5
 
 def score_assembled(patient_dir: Path, work: Path, model: Any) -> dict[str, Any]:
     """Reassemble a patient folder into a pyramidal TIFF and score it as a worker would."""
+    from idcscan.core.assemble import assemble
     from idcscan.core.labels import parse_labels
     from idcscan.core.slides import open_slide
-    from idcscan.worker.assemble import assemble
+    from idcscan.worker.evaluation import evaluate
     from idcscan.worker.pipeline import score_slide
 
     done = assemble(patient_dir, work / f"{patient_dir.name}.tiff")
     truth = parse_labels(done.geojson.read_bytes())
     with open_slide(done.tiff) as slide:
-        score = score_slide(slide, model, truth=truth)
+        score = evaluate(score_slide(slide, model), truth)
     summary: dict[str, Any] = {
         k: getattr(score.summary, k)
         for k in ("tissue_tiles", "idc_tiles", "idc_area_mm2", "max_probability")

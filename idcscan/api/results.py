@@ -6,8 +6,6 @@ exports are streamed from storage in chunks, as the worker wrote them.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import uuid
 from collections.abc import Iterator
@@ -29,13 +27,14 @@ from idcscan.api.schemas import (
     invalid_request,
     spec,
 )
+from idcscan.core import tilerows
 from idcscan.core.db import ConfusionStat, Job, JobStatus, Model, SlideResult, TileScore
 from idcscan.core.metrics import Confusion
 from idcscan.core.storage import open_uri
+from idcscan.core.summary import SlideSummary
 
 bp = Blueprint("results", __name__, url_prefix="/v1")
 
-TILE_COLUMNS = ("row", "col", "x", "y", "probability", "label")
 ROWS_PER_FETCH = 5000
 RESULT_PROBLEMS = {"HTTP_409": ProblemOut, **PROBLEMS}
 
@@ -67,18 +66,7 @@ def get_result(job_id: uuid.UUID) -> Any:
         job_id=job.id,
         model_id=result.model_id,
         model_version=model.version if model else "",
-        tissue_tiles=result.tissue_tiles,
-        idc_tiles=result.idc_tiles,
-        idc_area_mm2=result.idc_area_mm2,
-        idc_fraction=result.idc_fraction,
-        max_probability=result.max_probability,
-        mean_probability=result.mean_probability,
-        slide_call=result.slide_call,
-        call_rule=result.call_rule,
-        threshold=result.threshold,
-        level=result.level,
-        level_mpp=result.level_mpp,
-        effective_mpp=result.effective_mpp,
+        **SlideSummary.from_columns(result).as_dict(),
         confusion=confusion,
         created_at=aware(result.created_at),
     )
@@ -99,24 +87,17 @@ def _tiles_json(job_id: uuid.UUID) -> Iterator[bytes]:
     yield b'{"job_id": "%s", "tiles": [' % str(job_id).encode()
     separator = b""
     for tile in _tile_rows(job_id):
-        yield separator + json.dumps({name: getattr(tile, name) for name in TILE_COLUMNS}).encode()
+        yield separator + json.dumps(tilerows.json_row(_columns(tile))).encode()
         separator = b","
     yield b"]}"
 
 
+def _columns(tile: TileScore) -> dict[str, Any]:
+    return {name: getattr(tile, name) for name in tilerows.SCORE_COLUMNS}
+
+
 def _tiles_csv(job_id: uuid.UUID) -> Iterator[bytes]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(TILE_COLUMNS)
-    for n, tile in enumerate(_tile_rows(job_id), 1):
-        writer.writerow(
-            ["" if getattr(tile, c) is None else getattr(tile, c) for c in TILE_COLUMNS]
-        )
-        if n % 1000 == 0:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue().encode()
+    return tilerows.csv_chunks(_columns(tile) for tile in _tile_rows(job_id))
 
 
 @bp.get("/jobs/<uuid:job_id>/tiles")

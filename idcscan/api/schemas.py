@@ -14,7 +14,7 @@ import logging
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import (
     AfterValidator,
@@ -24,13 +24,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
 )
 from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
 from idcscan.api.problems import Problem
 from idcscan.core.db import DeliveryStatus, JobStatus
-from idcscan.core.summary import SlideCall
+from idcscan.core.summary import SlideSummary, field_names
 from idcscan.core.webhooks import MAX_URL_LENGTH
 
 log = logging.getLogger(__name__)
@@ -239,26 +240,33 @@ class IdempotencyHeader(BaseModel):
     idempotency_key: Printable | None = Field(default=None, alias="Idempotency-Key", max_length=200)
 
 
-class SlideResultOut(BaseModel):
+def summary_fields() -> dict[str, Any]:
+    """`SlideSummary`'s fields as pydantic fields, in its order and with its types, so that the
+    result schema follows the one dataclass instead of restating it."""
+    hints = get_type_hints(SlideSummary)
+    return {name: (hints[name], ...) for name in field_names()}
+
+
+class _ResultOf(BaseModel):
     job_id: uuid.UUID
     model_id: int
     model_version: str
-    tissue_tiles: int
-    idc_tiles: int
-    idc_area_mm2: float
-    idc_fraction: float
-    max_probability: float | None
-    mean_probability: float | None
-    slide_call: SlideCall
-    call_rule: str
-    threshold: float
-    level: int
-    level_mpp: float
-    effective_mpp: float
-    confusion: dict[str, float | int] | None = Field(
-        description="tp/fp/tn/fn and derived figures, missed IDC first; null without labels."
-    )
-    created_at: datetime
+
+
+SlideResultOut = create_model(
+    "SlideResultOut",
+    __base__=_ResultOf,
+    **summary_fields(),
+    confusion=(
+        dict[str, float | int] | None,
+        Field(
+            description="tp/fp/tn/fn and derived figures, missed IDC first; null without labels."
+        ),
+    ),
+    created_at=(datetime, ...),
+)
+"""A job's result: which model, the slide summary (`idcscan.core.summary.SlideSummary`), its
+confusion matrix when it came with labels."""
 
 
 class TileOut(BaseModel):

@@ -1,5 +1,5 @@
-"""Subcommands of the core: `db upgrade`, `db downgrade`, `db current`, `storage gc`, `settings`,
-`health`."""
+"""Subcommands of the core: `db upgrade`, `db downgrade`, `db current`, `storage gc`, `assemble`,
+`settings`, `health`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ def register(subparsers: Any) -> None:
         help="keep anything younger than this many seconds (default 3600)",
     )
     gc.set_defaults(func=_storage_gc)
+
+    assemble = subparsers.add_parser(
+        "assemble",
+        help="reassemble a patient's patches into a pyramidal TIFF with its ground truth",
+    )
+    assemble.add_argument("patient_dir", type=Path, help="<patient>/ folder holding 0/ and 1/")
+    assemble.add_argument("--out", type=Path, required=True, help="SLIDE.tiff to write")
+    assemble.set_defaults(func=_assemble)
 
     settings = subparsers.add_parser("settings", help="print every setting, its value and meaning")
     settings.add_argument("--markdown", action="store_true", help="as a Markdown table")
@@ -189,4 +197,15 @@ def _health_heartbeat(args: argparse.Namespace) -> int:
         )
         return 1
     print(f"healthy: the {args.role}'s last heartbeat is {age:.0f} s old")
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    from idcscan.core.assemble import assemble
+
+    done = assemble(args.patient_dir, args.out)
+    print(
+        f"{done.tiff}: {done.width} x {done.height} px at 4 um/px, {done.levels} levels, "
+        f"{done.patches} patches ({done.idc_patches} IDC)\n{done.geojson}\n{done.tiles_csv}"
+    )
     return 0

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -42,3 +42,16 @@ class SlideSummary:
     def columns(self) -> dict[str, Any]:
         """The `slide_results` columns it fills (the same names)."""
         return self.as_dict()
+
+    @classmethod
+    def from_columns(cls, row: Any) -> SlideSummary:
+        """Back from a stored `slide_results` row (any object with the fields as attributes)."""
+        values = {name: getattr(row, name) for name in field_names()}
+        values["slide_call"] = SlideCall(values["slide_call"])
+        return cls(**values)
+
+
+def field_names() -> tuple[str, ...]:
+    """The summary's fields in order: the `slide_results` columns and the API's result schema
+    (`idcscan.api.schemas`) follow them."""
+    return tuple(field.name for field in fields(SlideSummary))

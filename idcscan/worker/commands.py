@@ -1,4 +1,4 @@
-"""Subcommands of the worker: `assemble`, `score`, `worker`, `scheduler`. Heavy imports stay inside."""
+"""Subcommands of the worker: `score`, `worker`, `scheduler`. Heavy imports stay inside."""
 
 from __future__ import annotations
 
@@ -13,14 +13,6 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    assemble = subparsers.add_parser(
-        "assemble",
-        help="reassemble a patient's patches into a pyramidal TIFF with its ground truth",
-    )
-    assemble.add_argument("patient_dir", type=Path, help="<patient>/ folder holding 0/ and 1/")
-    assemble.add_argument("--out", type=Path, required=True, help="SLIDE.tiff to write")
-    assemble.set_defaults(func=_assemble)
-
     score = subparsers.add_parser("score", help="score one slide locally, no queue")
     score.add_argument("slide", help="slide file, patch folder/zip, or fsspec URI")
     score.add_argument(
@@ -69,17 +61,6 @@ def register(subparsers: Any) -> None:
     scheduler.set_defaults(func=_scheduler)
 
 
-def _assemble(args: argparse.Namespace) -> int:
-    from idcscan.worker.assemble import assemble
-
-    done = assemble(args.patient_dir, args.out)
-    print(
-        f"{done.tiff}: {done.width} x {done.height} px at 4 um/px, {done.levels} levels, "
-        f"{done.patches} patches ({done.idc_patches} IDC)\n{done.geojson}\n{done.tiles_csv}"
-    )
-    return 0
-
-
 def default_model() -> Path:
     from idcscan.core.onnxmodel import reference_model
     from idcscan.core.settings import get_settings
@@ -94,6 +75,7 @@ def _score(args: argparse.Namespace) -> int:
     from idcscan.core.slides import open_slide
     from idcscan.core.storage import open_uri
     from idcscan.worker import outputs
+    from idcscan.worker.evaluation import evaluate, ground_truth
     from idcscan.worker.pipeline import score_slide
 
     settings = get_settings()
@@ -109,7 +91,10 @@ def _score(args: argparse.Namespace) -> int:
     with open_slide(
         args.slide, mpp=args.mpp, max_pixels=settings.max_slide_pixels, allow_multi_file=True
     ) as slide:
-        score = score_slide(slide, model, batch_size=settings.batch_size, truth=truth)
+        score = score_slide(slide, model, batch_size=settings.batch_size)
+        truth = ground_truth(slide, truth)
+        if truth is not None:
+            score = evaluate(score, truth)
     files = outputs.render(score)
     elapsed = time.perf_counter() - started
     out = args.out or Path(Path(str(args.slide).rstrip("/")).name + ".idcscan")

@@ -38,6 +38,7 @@ from idcscan.core.settings import Settings
 from idcscan.core.slides import open_slide
 from idcscan.core.storage import Storage, open_uri
 from idcscan.worker import outputs, results
+from idcscan.worker.evaluation import evaluate, ground_truth
 from idcscan.worker.modelcache import ModelCache
 from idcscan.worker.pipeline import Cancelled, SlideScore, score_slide
 
@@ -371,14 +372,15 @@ class JobRunner:
         except FileNotFoundError as exc:
             raise InvalidInput("the job's slide file is missing", "missing-slide") from exc
         with slide:
-            return score_slide(
+            score = score_slide(
                 slide,
                 model,
                 batch_size=self.settings.batch_size,
-                truth=truth,
                 on_progress=progress,
                 should_stop=heartbeat.stopped,
             )
+            truth = ground_truth(slide, truth)
+            return evaluate(score, truth) if truth is not None else score
 
     # -- endings ----------------------------------------------------------------------------
 

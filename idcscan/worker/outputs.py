@@ -1,19 +1,22 @@
 """What a scored slide leaves behind: heatmap PNG, IDC regions as GeoJSON for QuPath, tile CSV.
 
+The tile rows and QuPath features are written by `idcscan.core.tilerows`, as everywhere else.
+
 Each renderer returns bytes so that `idcscan score` writes them to a folder and the worker to
 storage, through the same code.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from idcscan.core import tilerows
 from idcscan.worker.pipeline import SlideScore
 
 HEATMAP = "heatmap.png"
@@ -104,11 +107,8 @@ def _rectangles(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     return sorted(rectangles)
 
 
-def geojson(score: SlideScore) -> dict[str, Any]:
-    """IDC regions (tiles at or above the threshold, merged into rectangles) in level-0 pixels.
-
-    QuPath's GeoJSON import reads `objectType` and `classification`.
-    """
+def idc_features(score: SlideScore) -> list[dict[str, Any]]:
+    """IDC regions (tiles at or above the threshold, merged into rectangles) in level-0 pixels."""
     grid = score.plan.grid
     probability = score.probability_grid()
     positive = np.nan_to_num(probability, nan=0.0) >= score.plan.spec.threshold
@@ -117,47 +117,32 @@ def geojson(score: SlideScore) -> dict[str, Any]:
         x0, y0 = round(c0 * grid.stride0), round(r0 * grid.stride0)
         x1 = round((c1 - 1) * grid.stride0 + grid.tile0)
         y1 = round((r1 - 1) * grid.stride0 + grid.tile0)
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {
-                    "type": "Polygon",
-                    "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]],
-                },
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": "IDC", "color": [200, 0, 0]},
-                    "isLocked": False,
-                    "measurements": {
-                        "tiles": (r1 - r0) * (c1 - c0),
-                        "max_probability": float(np.nanmax(probability[r0:r1, c0:c1])),
-                    },
-                },
-            }
-        )
-    return {"type": "FeatureCollection", "features": features}
+        measurements = {
+            "tiles": (r1 - r0) * (c1 - c0),
+            "max_probability": float(np.nanmax(probability[r0:r1, c0:c1])),
+        }
+        features.append(tilerows.idc_feature(x0, y0, x1, y1, measurements))
+    return features
+
+
+def geojson(score: SlideScore) -> dict[str, Any]:
+    """The IDC regions as a FeatureCollection QuPath imports."""
+    return tilerows.feature_collection(idc_features(score))
 
 
 def geojson_bytes(score: SlideScore) -> bytes:
-    return json.dumps(geojson(score), separators=(",", ":")).encode()
+    return tilerows.geojson_bytes(idc_features(score))
+
+
+def tile_rows(score: SlideScore) -> Iterator[dict[str, Any]]:
+    """The scored tiles as rows (`idcscan.core.tilerows`), for the CSV and the database."""
+    return tilerows.score_rows(
+        score.rows, score.cols, score.x, score.y, score.probability, score.labels
+    )
 
 
 def tiles_csv(score: SlideScore) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["row", "col", "x", "y", "probability", "label"])
-    labels = score.labels if score.labels is not None else np.full(score.rows.shape, -1)
-    for row, col, x, y, p, label in zip(
-        score.rows.tolist(),
-        score.cols.tolist(),
-        score.x.tolist(),
-        score.y.tolist(),
-        score.probability.tolist(),
-        labels.tolist(),
-        strict=True,
-    ):
-        writer.writerow([row, col, x, y, f"{p:.6f}", "" if label < 0 else label])
-    return out.getvalue().encode()
+    return tilerows.csv_bytes(tile_rows(score))
 
 
 def summary(score: SlideScore) -> dict[str, Any]:

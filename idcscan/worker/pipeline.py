@@ -3,7 +3,8 @@
 A reader thread reads regions, cuts tiles and preprocesses them into full batches while the
 calling thread runs onnxruntime (which releases the GIL); a bounded queue between them keeps memory
 bounded whatever the slide's size. The queue worker (`tasks`) and `idcscan score` both call
-`score_slide`; neither knows about the other.
+`score_slide`; neither knows about the other. Ground truth is not read here: a caller that has
+it evaluates the score afterwards (`evaluation`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from idcscan.core.labels import GroundTruth
 from idcscan.core.metrics import Confusion
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.slides import Slide
@@ -133,12 +133,13 @@ class SlideScore:
     rows: np.ndarray
     cols: np.ndarray
     probability: np.ndarray
-    labels: np.ndarray | None
-    """int8 per scored tile (-1 unlabelled), when ground truth was given."""
-    label_grid: np.ndarray | None
-    confusion: Confusion | None
     summary: SlideSummary
     seconds: dict[str, float] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    """int8 per scored tile (-1 unlabelled), once evaluated against ground truth
+    (`idcscan.worker.evaluation`)."""
+    label_grid: np.ndarray | None = None
+    confusion: Confusion | None = None
 
     @cached_property
     def origins(self) -> tuple[np.ndarray, np.ndarray]:
@@ -193,33 +194,18 @@ def summarise(plan: TilePlan, probability: np.ndarray) -> SlideSummary:
     )
 
 
-def confusion_of(
-    label_grid: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    probability: np.ndarray,
-    threshold: float,
-) -> Confusion:
-    """Scored labelled tiles at `threshold`, plus IDC tiles the tissue mask skipped (missed, fn)."""
-    scored = np.zeros(label_grid.shape, dtype=bool)
-    scored[rows, cols] = True
-    tile_labels = label_grid[rows, cols]
-    known = tile_labels >= 0
-    confusion = Confusion.at_threshold(tile_labels[known], probability[known], threshold)
-    skipped_idc = int(np.count_nonzero((label_grid == 1) & ~scored))
-    return confusion + Confusion(fn=skipped_idc)
-
-
 def score_slide(
     slide: Slide,
     model: OnnxModel,
     *,
     batch_size: int = 256,
-    truth: GroundTruth | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: StopCheck | None = None,
 ) -> SlideScore:
-    """Score every tissue tile of `slide` with `model`; `on_progress(done, total)` after each batch."""
+    """Score every tissue tile of `slide` with `model`; `on_progress(done, total)` after each batch.
+
+    Scoring only: the caller that has ground truth evaluates the score against it afterwards
+    (`idcscan.worker.evaluation.evaluate`)."""
     started = time.perf_counter()
     plan = plan_tiling(slide, model.spec)
     tissue = find_tissue(slide, plan, should_stop)
@@ -247,17 +233,6 @@ def score_slide(
             on_progress(done, total)
     if done != total:
         raise RuntimeError(f"scored {done} tiles of {total}")
-    label_grid = truth.tile_labels(plan.grid) if truth is not None else None
-    if label_grid is None and slide.regions is not None:
-        from idcscan.core.labels import from_regions
-
-        label_grid = from_regions(slide.regions).tile_labels(plan.grid)
-    labels = label_grid[rows, cols] if label_grid is not None else None
-    confusion = (
-        confusion_of(label_grid, rows, cols, probability, plan.spec.threshold)
-        if label_grid is not None
-        else None
-    )
     finished = time.perf_counter()
     return SlideScore(
         plan=plan,
@@ -265,9 +240,6 @@ def score_slide(
         rows=rows,
         cols=cols,
         probability=probability,
-        labels=labels,
-        label_grid=label_grid,
-        confusion=confusion,
         summary=summarise(plan, probability),
         seconds={
             "tissue_mask": masked - started,

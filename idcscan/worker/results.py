@@ -60,27 +60,7 @@ def write_tile_scores(session: Session, job_id: uuid.UUID, score: SlideScore) ->
     """Bulk insert, executemany in chunks (psycopg pipelines them). The job's earlier rows were
     deleted in the same transaction, so a rerun replaces them; the (job, row, col) key makes a
     duplicate impossible."""
-    labels = score.labels.tolist() if score.labels is not None else [None] * len(score.rows)
-    rows = [
-        {
-            "job_id": job_id,
-            "row": r,
-            "col": c,
-            "x": x,
-            "y": y,
-            "probability": p,
-            "label": None if lab is None or lab < 0 else lab,
-        }
-        for r, c, x, y, p, lab in zip(
-            score.rows.tolist(),
-            score.cols.tolist(),
-            score.x.tolist(),
-            score.y.tolist(),
-            score.probability.tolist(),
-            labels,
-            strict=True,
-        )
-    ]
+    rows = [{"job_id": job_id, **row} for row in outputs.tile_rows(score)]
     stmt = insert(TileScore)
     for start in range(0, len(rows), INSERT_CHUNK):
         session.execute(stmt, rows[start : start + INSERT_CHUNK])

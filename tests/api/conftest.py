@@ -6,11 +6,9 @@ embedded SQLite database with its SQL broker, or PostgreSQL with Redis as the br
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from werkzeug.serving import make_server
 
 from idcscan.core.db import Job, Model, make_engine, make_sessionmaker, transaction
 from idcscan.core.settings import Settings, get_settings
-from idcscan.core.tiles import TileSpec
+from tests import factories
 
 # kombu's SQL transport (the embedded broker) declares its tables with lazy="noload", deprecated
 # in SQLAlchemy 2.1: kombu's own warning, raised when the API first publishes to that broker.
@@ -37,8 +35,16 @@ class Service:
     url: str
     settings: Settings
     db: sessionmaker[Session]
-    add_client: Callable[..., str]
     model_id: int
+
+    def new_client(self, name: str | None = None, admin: bool = False) -> tuple[int, str]:
+        """A client's id and API key (`tests.factories.client`)."""
+        with transaction(self.db) as session:
+            client, key = factories.client(session, name, admin=admin)
+            return client.id, key
+
+    def add_client(self, name: str | None = None, admin: bool = False) -> str:
+        return self.new_client(name, admin)[1]
 
     def get(self, path: str, key: str | None = None, **kwargs: Any) -> requests.Response:
         return requests.get(self.url + path, headers=_auth(key, kwargs), timeout=30, **kwargs)
@@ -98,22 +104,14 @@ def _auth(key: str | None, kwargs: dict[str, Any]) -> dict[str, str]:
 
 
 def register_model(db: sessionmaker[Session], version: str = "test-1", active: bool = True) -> int:
-    spec = TileSpec(model_version=version)
     with transaction(db) as session:
-        model = Model(
-            version=version,
-            architecture="resnet18",
-            onnx_sha256=hashlib.sha256(version.encode()).hexdigest(),
-            location=f"/models/{version}.onnx",
-            tile_spec={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(spec).items()},
-            threshold=spec.threshold,
+        return factories.model(
+            session,
+            version,
+            active=active,
             test_metrics={"balanced_accuracy": 0.85},
             confusion={"tp": 8, "fp": 2, "tn": 9, "fn": 1},
-            active=active,
-        )
-        session.add(model)
-        session.flush()
-        return model.id
+        ).id
 
 
 @pytest.fixture
@@ -149,17 +147,10 @@ def serve() -> Iterator[Callable[[Settings], Service]]:
         servers.append((server, thread, app, engine))
         db = make_sessionmaker(engine)
 
-        def add_client(name: str | None = None, admin: bool = False) -> str:
-            from idcscan.api.auth import add_client as add
-
-            with transaction(db) as session:
-                _client, key = add(session, name or f"client-{secrets.token_hex(4)}", admin)
-            return key
-
         with db() as session:
             active = session.scalar(select(Model.id).where(Model.active))
         model_id = active if active is not None else register_model(db)
-        return Service(f"http://127.0.0.1:{server.server_port}", settings, db, add_client, model_id)
+        return Service(f"http://127.0.0.1:{server.server_port}", settings, db, model_id)
 
     yield start
     for server, thread, app, engine in servers:

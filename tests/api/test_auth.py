@@ -29,7 +29,7 @@ def _unauthorized(response) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_no_key_a_bad_key_and_a_revoked_key_are_401(service: Service) -> None:
-    key = service.add_client("hospital-a")
+    client_id, key = service.new_client("hospital-a")
     admin = service.add_client("ops", admin=True)
     assert service.get("/v1/jobs", key).status_code == 200
 
@@ -39,8 +39,6 @@ def test_no_key_a_bad_key_and_a_revoked_key_are_401(service: Service) -> None:
     _unauthorized(service.get("/v1/jobs", "idc_00000000_" + "a" * 43))
     _unauthorized(service.get("/v1/jobs", "nonsense"))
 
-    with service.db() as session:
-        client_id = session.scalar(select(Client.id).where(Client.name == "hospital-a"))
     revoked = service.post(f"/v1/clients/{client_id}/revoke", admin)
     assert revoked.status_code == 200
     assert revoked.json()["revoked_at"] is not None

@@ -3,7 +3,6 @@ a failing request never deletes one; only garbage collection does, once no job n
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -11,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, text
 
-from idcscan.core.db import Client, Job
+from idcscan.core.db import Job
 from idcscan.core.migrate import upgrade
 from idcscan.core.settings import Settings, get_settings
 from idcscan.core.storage import local_path
@@ -22,15 +21,6 @@ from tests.conftest import SAMPLE_SVS
 from .conftest import Service
 
 pytestmark = pytest.mark.integration
-
-
-def _client(service: Service) -> tuple[str, int]:
-    name = f"hospital-{secrets.token_hex(4)}"
-    key = service.add_client(name)
-    with service.db() as session:
-        client_id = session.scalar(select(Client.id).where(Client.name == name))
-    assert client_id is not None
-    return key, client_id
 
 
 def _waiting_locks(engine, count: int, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -55,8 +45,8 @@ def test_a_failing_request_never_deletes_a_blob_another_tenants_job_uses(
     service = serve(
         get_settings(data_dir=tmp_path / "data", database_url=postgres_url, broker_url=redis_url)
     )
-    key_a, id_a = _client(service)
-    key_b, id_b = _client(service)
+    id_a, key_a = service.new_client()
+    id_b, key_b = service.new_client()
     engine = create_engine(postgres_url)
     taken_key, hold_a = engine.connect(), engine.connect()
     try:

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def assembled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from idcscan.worker.assemble import assemble
+    from idcscan.core.assemble import assemble
 
     out = tmp_path_factory.mktemp("assembled") / "8916.tiff"
     assemble(SAMPLE_PATIENTS / "8916", out)

@@ -21,6 +21,7 @@ import requests
 from idcscan.core.db import make_engine, make_sessionmaker, transaction
 from idcscan.core.migrate import upgrade
 from idcscan.processes import free_port
+from tests import factories
 from tests.conftest import SAMPLE_SVS
 from tests.hostile import blank_png, many_points_geojson, zip_bomb, zip_lying_about_sizes
 
@@ -80,8 +81,6 @@ class Api:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    from idcscan.api.auth import add_client
-
     data = tmp_path_factory.mktemp("memory-api")
     url = f"sqlite:///{data / 'idcscan.sqlite3'}"
     upgrade(url)
@@ -89,7 +88,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     sessions = make_sessionmaker(engine)
     register_model(sessions)
     with transaction(sessions) as session:
-        _client, key = add_client(session, "memory", False)
+        _client, key = factories.client(session, "memory")
     engine.dispose()
     env = {
         "IDCSCAN_DATA_DIR": str(data),

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
 
+from idcscan.api.schemas import TileOut
+from idcscan.core import tilerows
+from idcscan.core.db import JobStatus
 from idcscan.core.settings import Settings
+from idcscan.core.summary import SlideCall, SlideSummary
 from tests.conftest import SAMPLE_SVS
 
 from .conftest import KOMBU_NOLOAD, Service
@@ -130,3 +136,28 @@ def test_unknown_routes_and_methods_are_problems(service: Service) -> None:
     assert wrong.json()["type"] == "urn:idcscan:problem:method-not-allowed"
     assert "GET" in wrong.headers["Allow"]
     assert service.get("/v1/jobs/not-a-uuid", key).status_code == 404
+
+
+def _schema(document: dict[str, Any], path: str, method: str = "get") -> dict[str, Any]:
+    """The JSON schema of an operation's 200 answer, its `$ref` followed."""
+    content = document["paths"][path][method]["responses"]["200"]["content"]
+    ref = content["application/json"]["schema"]["$ref"]
+    return document["components"]["schemas"][ref.rsplit("/", 1)[1]]  # type: ignore[no-any-return]
+
+
+def test_the_result_schema_is_the_summary_dataclass(service: Service) -> None:
+    """The API restates no field of `SlideSummary` by hand, and its status names are the enum's."""
+    document: dict[str, Any] = service.get("/openapi.json").json()
+    result = _schema(document, "/v1/jobs/{job_id}/result")
+    envelope = ["job_id", "model_id", "model_version", "confusion", "created_at"]
+    summary = {name for name in result["properties"] if name not in envelope}
+    assert summary == {field.name for field in dataclasses.fields(SlideSummary)}
+    assert set(summary) <= set(result["required"])
+    assert tuple(TileOut.model_fields) == tilerows.SCORE_COLUMNS  # the CSV's columns, too
+    calls = json.dumps(document["components"]["schemas"])
+    assert all(f'"{call.value}"' in calls for call in SlideCall)
+    job = _schema(document, "/v1/jobs/{job_id}")
+    status = job["properties"]["status"]
+    if "$ref" in status:
+        status = document["components"]["schemas"][status["$ref"].rsplit("/", 1)[1]]
+    assert status["enum"] == [s.value for s in JobStatus]

@@ -9,7 +9,6 @@ exception class) and checks what the client gets.
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ import pytest
 import requests
 
 from idcscan.api.problems import INVALID_INPUT_TEXT, job_error_text
-from idcscan.core.db import ErrorKind, Job, JobStatus, transaction
+from idcscan.core.db import Client, ErrorKind, JobStatus, Model, transaction
+from tests import factories
 from tests.conftest import SAMPLE_SVS
 
 from .conftest import KOMBU_NOLOAD, Service, assert_rejected
@@ -90,14 +90,18 @@ def test_a_failed_jobs_error_is_fixed_text(
     service: Service, tmp_path: Path, kind: ErrorKind, stored: str
 ) -> None:
     """The worker records what went wrong for operators; the client reads the fixed text."""
-    key = service.add_client()
-    job_id = service.submit(key, SAMPLE_SVS).json()["id"]
+    client_id, key = service.new_client()
     with transaction(service.db) as session:
-        job = session.get(Job, uuid.UUID(job_id))
-        assert job is not None
-        job.status = JobStatus.FAILED.value
-        job.error_kind = kind.value
-        job.error_message = stored.format(path=service.settings.storage + "/slides/ab/abc.svs")
+        owner, model = session.get(Client, client_id), session.get(Model, service.model_id)
+        assert owner is not None and model is not None
+        job_id = factories.job(
+            session,
+            owner,
+            model,
+            JobStatus.FAILED,
+            error_kind=kind.value,
+            error_message=stored.format(path=service.settings.storage + "/slides/ab/abc.svs"),
+        ).id
     for response in (
         service.get(f"/v1/jobs/{job_id}", key),
         service.get("/v1/jobs", key, params={"status": "failed"}),

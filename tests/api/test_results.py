@@ -6,13 +6,13 @@ spread over months, written the way the worker writes them, to check the groupin
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
 
-from idcscan.core.db import Client, ConfusionStat, Job, JobStatus, SlideResult, transaction
+from idcscan.core.db import Client, Job, JobStatus, Model, transaction
+from tests import factories
 from tests.conftest import SAMPLE_SVS
 
 from .conftest import KOMBU_NOLOAD, Service, register_model
@@ -30,52 +30,20 @@ def test_results_wait_for_success(service: Service) -> None:
         assert response.json()["job_status"] == "queued"
 
 
-def _finish(
-    service: Service, job_id: str, at: datetime, counts: tuple[int, int, int, int], model_id: int
+def _succeeded(
+    service: Service, client_id: int, at: datetime, counts: tuple[int, int, int, int], model_id: int
 ) -> None:
-    """Mark a job succeeded with a summary and a confusion matrix, as the worker does."""
-    tp, fp, tn, fn = counts
+    """A job of the client's that succeeded at `at` with a summary and a confusion matrix."""
     with transaction(service.db) as session:
-        job = session.get(Job, uuid.UUID(job_id))
-        assert job is not None
-        job.status, job.finished_at, job.model_id = JobStatus.SUCCEEDED.value, at, model_id
-        session.add(
-            SlideResult(
-                job_id=job.id,
-                model_id=model_id,
-                level=0,
-                level_mpp=0.5,
-                effective_mpp=4.0,
-                tissue_tiles=tp + fp + tn + fn,
-                idc_tiles=tp + fp,
-                idc_area_mm2=0.1,
-                idc_fraction=0.5,
-                max_probability=0.9,
-                mean_probability=0.5,
-                slide_call="idc",
-                call_rule="any tile",
-                threshold=0.5,
-                created_at=at,
-            )
-        )
-        session.add(
-            ConfusionStat(
-                job_id=job.id,
-                client_id=job.client_id,
-                model_id=model_id,
-                threshold=0.5,
-                tp=tp,
-                fp=fp,
-                tn=tn,
-                fn=fn,
-                created_at=at,
-            )
-        )
+        owner, model = session.get(Client, client_id), session.get(Model, model_id)
+        assert owner is not None and model is not None
+        job = factories.job(session, owner, model, JobStatus.SUCCEEDED, finished_at=at)
+        factories.results(session, job, counts, created_at=at)
 
 
 def test_confusion_statistics_by_model_and_period(service: Service) -> None:
-    key = service.add_client("hospital-a")
-    other_key = service.add_client("hospital-b")
+    client_a, key = service.new_client("hospital-a")
+    client_b, _other_key = service.new_client("hospital-b")
     second_model = register_model(service.db, "test-2", active=False)
     first = service.model_id
     plan = [
@@ -84,14 +52,8 @@ def test_confusion_statistics_by_model_and_period(service: Service) -> None:
         (datetime(2026, 10, 2, 9, tzinfo=UTC), (1, 1, 1, 1), second_model),
     ]
     for at, counts, model_id in plan:
-        _finish(service, service.submit(key, SAMPLE_SVS).json()["id"], at, counts, model_id)
-    _finish(
-        service,
-        service.submit(other_key, SAMPLE_SVS).json()["id"],
-        plan[0][0],
-        (100, 0, 0, 0),
-        first,
-    )
+        _succeeded(service, client_a, at, counts, model_id)
+    _succeeded(service, client_b, plan[0][0], (100, 0, 0, 0), first)
 
     monthly = service.get("/v1/stats/confusion", key, params={"period": "month"}).json()
     assert [(b["model_id"], b["period_start"][:10], b["jobs"]) for b in monthly["buckets"]] == [
@@ -120,7 +82,6 @@ def test_confusion_statistics_by_model_and_period(service: Service) -> None:
 
     # Results are readable now, and the other tenant's matrix never mixes in.
     with service.db() as session:
-        client_a = session.scalar(select(Client.id).where(Client.name == "hospital-a"))
         job_a = session.scalar(
             select(Job.id).where(Job.client_id == client_a).order_by(Job.created_at)
         )

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import select
 
-from idcscan.core.db import Client, Job
+from idcscan.core.db import Job
 from idcscan.core.storage import Storage, local_path
 
 from .conftest import KOMBU_NOLOAD, Service, plain_tiff
@@ -28,11 +26,7 @@ pytestmark = [pytest.mark.integration, KOMBU_NOLOAD]
 
 def tenant(service: Service) -> tuple[str, Path]:
     """A new client's key and its folder under the slide_uri root (made as an operator would)."""
-    name = f"hospital-{secrets.token_hex(4)}"
-    key = service.add_client(name)
-    with service.db() as session:
-        client_id = session.scalar(select(Client.id).where(Client.name == name))
-    assert client_id is not None
+    client_id, key = service.new_client()
     # The documented layout: <root>/client-<id>/
     folder = Path(service.settings.slide_uri_root or "") / f"client-{client_id}"
     folder.mkdir()

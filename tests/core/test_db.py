@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from idcscan.core.db import Client, Job, JobStatus, Model, TileScore, make_engine, make_sessionmaker
+from tests import factories
 
 pytestmark = pytest.mark.integration
 
@@ -20,49 +19,28 @@ def sessions(migrated_url: str):
     engine.dispose()
 
 
-def _model(version: str, active: bool = False) -> Model:
-    return Model(
-        version=version,
-        architecture="resnet18",
-        onnx_sha256=uuid.uuid4().hex * 2,
-        location=f"/models/{version}.onnx",
-        tile_spec={"mpp": 4.0},
-        threshold=0.5,
-        active=active,
-    )
-
-
 def _client_and_model(session) -> tuple[Client, Model]:
-    client = Client(
-        name=f"hospital-{uuid.uuid4().hex[:6]}", key_prefix=uuid.uuid4().hex[:8], key_hash="x"
-    )
-    model = _model(f"v-{uuid.uuid4().hex[:6]}")
-    session.add_all([client, model])
-    session.flush()
-    return client, model
+    return factories.client(session)[0], factories.model(session)
 
 
 def test_only_one_model_can_be_active(sessions) -> None:
     with sessions() as session:
-        session.add(_model("a", active=True))
-        session.add(_model("b", active=False))
+        factories.model(session, "a", active=True)
+        factories.model(session, "b", active=False)
         session.commit()
-        session.add(_model("c", active=True))
         with pytest.raises(IntegrityError):
-            session.commit()
+            factories.model(session, "c", active=True)
 
 
 def test_idempotency_key_is_unique_per_client(sessions) -> None:
     with sessions() as session:
         client, model = _client_and_model(session)
         other, _ = _client_and_model(session)
-        common = {"model_id": model.id, "slide_uri": "s", "idempotency_key": "retry-1"}
-        session.add(Job(client_id=client.id, **common))
-        session.add(Job(client_id=other.id, **common))  # another client may reuse a key
+        factories.job(session, client, model, idempotency_key="retry-1")
+        factories.job(session, other, model, idempotency_key="retry-1")  # another client may
         session.commit()
-        session.add(Job(client_id=client.id, **common))
         with pytest.raises(IntegrityError):
-            session.commit()
+            factories.job(session, client, model, idempotency_key="retry-1")
 
 
 def test_status_is_checked(sessions) -> None:
@@ -76,9 +54,7 @@ def test_status_is_checked(sessions) -> None:
 def test_tile_scores_are_keyed_by_grid_position(sessions) -> None:
     with sessions() as session:
         client, model = _client_and_model(session)
-        job = Job(client_id=client.id, model_id=model.id, slide_uri="s")
-        session.add(job)
-        session.flush()
+        job = factories.job(session, client, model)
         session.add(TileScore(job_id=job.id, row=0, col=0, x=0, y=0, probability=0.1))
         session.commit()
         session.add(TileScore(job_id=job.id, row=0, col=0, x=0, y=0, probability=0.9))
@@ -89,9 +65,7 @@ def test_tile_scores_are_keyed_by_grid_position(sessions) -> None:
 def test_deleting_a_job_deletes_its_tiles(sessions) -> None:
     with sessions() as session:
         client, model = _client_and_model(session)
-        job = Job(client_id=client.id, model_id=model.id, slide_uri="s")
-        session.add(job)
-        session.flush()
+        job = factories.job(session, client, model)
         session.add_all(
             TileScore(job_id=job.id, row=r, col=0, x=0, y=50 * r, probability=0.5) for r in range(3)
         )
@@ -100,3 +74,20 @@ def test_deleting_a_job_deletes_its_tiles(sessions) -> None:
         session.delete(job)
         session.commit()
         assert session.scalar(select(func.count()).select_from(TileScore)) == 0
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_a_factory_job_holds_what_its_state_implies(sessions, status: JobStatus) -> None:
+    """Tests build jobs in every state with `tests.factories.job`: each must look like one the
+    service left there (a running job leased, an ended one cleared as `jobstate.ended` clears)."""
+    with sessions() as session:
+        client, model = _client_and_model(session)
+        job = factories.job(session, client, model, status)
+        session.commit()
+        stored = session.get(Job, job.id)
+        assert stored is not None and stored.status == status.value
+        leased = stored.lease_owner is not None and stored.lease_expires_at is not None
+        assert leased == (status == JobStatus.RUNNING)
+        assert (stored.finished_at is not None) == status.finished
+        assert (stored.error_kind is not None) == (status == JobStatus.FAILED)
+        assert stored.attempts == (0 if status == JobStatus.QUEUED else 1)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from idcscan.core.db import Client, Job, Model, make_engine, make_sessionmaker, transaction
+from idcscan.core.db import make_engine, make_sessionmaker, transaction
 from idcscan.core.settings import Settings, get_settings
 from idcscan.core.storage import Storage
 from idcscan.core.storage_gc import GRACE_S, _old_files, _remove_if_old, collect_garbage
+from tests import factories
 from tests.processes import idcscan_cli
 
 pytestmark = pytest.mark.integration
@@ -46,24 +47,9 @@ def blob(storage: Storage, key: str, age_s: float = 0) -> Path:
 
 def job_naming(sessions: sessionmaker[Session], slide_uri: str, labels_uri: str | None) -> None:
     with transaction(sessions) as session:
-        client = Client(name="hospital", key_prefix="abcdef12", key_hash="x" * 64)
-        model = Model(
-            version="v1",
-            architecture="tiny",
-            onnx_sha256="0" * 64,
-            location="model.onnx",
-            tile_spec={},
-            threshold=0.5,
-        )
-        session.add_all([client, model])
-        session.flush()
-        session.add(
-            Job(
-                client_id=client.id,
-                model_id=model.id,
-                slide_uri=slide_uri,
-                labels_uri=labels_uri,
-            )
+        client, _key = factories.client(session)
+        factories.job(
+            session, client, factories.model(session), slide_uri=slide_uri, labels_uri=labels_uri
         )
 
 

@@ -46,7 +46,7 @@ def on_loopback(args: list[str], port: int) -> list[str]:
 
 
 def test_twenty_slides_over_two_workers(postgres_url: str, redis_url: str, tmp_path: Path) -> None:
-    from idcscan.worker.assemble import assemble
+    from idcscan.core.assemble import assemble
     from tests.worker.models import build_model
 
     commands = compose_commands()

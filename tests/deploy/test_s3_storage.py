@@ -14,6 +14,7 @@ import pytest
 
 from idcscan.core.errors import InvalidInput
 from idcscan.core.storage import Storage, as_local_file, open_uri
+from tests import factories
 from tests.conftest import SAMPLE_SVS
 
 pytestmark = pytest.mark.integration
@@ -116,7 +117,7 @@ def test_slide_uri_on_object_storage_is_scoped_per_client(s3_endpoint: str, tmp_
 
 
 def test_storage_gc_on_object_storage(s3_endpoint: str, sqlite_url: str) -> None:
-    from idcscan.core.db import Client, Job, Model, make_engine, make_sessionmaker, transaction
+    from idcscan.core.db import make_engine, make_sessionmaker, transaction
     from idcscan.core.migrate import upgrade
     from idcscan.core.storage_gc import collect_garbage
 
@@ -128,18 +129,8 @@ def test_storage_gc_on_object_storage(s3_endpoint: str, sqlite_url: str) -> None
     storage.put_bytes("slides/bb/bb22.svs", b"orphan")
     storage.put_bytes("results/job/heatmap.png", b"result")
     with transaction(sessions) as session:
-        client = Client(name="hospital", key_prefix="abcdef12", key_hash="x" * 64)
-        model = Model(
-            version="v1",
-            architecture="tiny",
-            onnx_sha256="0" * 64,
-            location="m.onnx",
-            tile_spec={},
-            threshold=0.5,
-        )
-        session.add_all([client, model])
-        session.flush()
-        session.add(Job(client_id=client.id, model_id=model.id, slide_uri=named))
+        client, _key = factories.client(session)
+        factories.job(session, client, factories.model(session), slide_uri=named)
     try:
         # Objects cannot be made old on S3: a grace in the future makes every object a candidate.
         assert collect_garbage(storage, sessions, grace_s=-3600).blobs == 1

@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from idcscan.core.db import Job, make_engine, make_sessionmaker, transaction
+from idcscan.core.db import make_engine, make_sessionmaker, transaction
 from idcscan.core.settings import Settings
 
 # The API tests' real HTTP server and the worker tests' tiny ONNX model and job rows, shared.
 from tests.api.conftest import serve, service_settings  # noqa: F401
 from tests.conftest import SAMPLE_PATIENTS
 from tests.faults.servers import PostgresCluster, RedisServer
-from tests.worker.conftest import make_job, tiny_model  # noqa: F401
+from tests.worker.conftest import make_job, tiny_model, tiny_model_row  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def long_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     enough to hit a job in the middle)."""
     import numpy as np
 
-    from idcscan.worker.assemble import write_pyramid
+    from idcscan.core.assemble import write_pyramid
 
     rng = np.random.default_rng(0)
     pixels = np.empty((4000, 4000, 3), np.uint8)
@@ -96,18 +96,15 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def activate_tiny_model(
-    make_job: Callable[[Settings], Callable[..., uuid.UUID]],  # noqa: F811 - the fixture
-) -> Callable[[Settings], None]:
+def activate_tiny_model(tiny_model: Path) -> Callable[[Settings], None]:  # noqa: F811 - the fixture
     """activate_tiny_model(settings): the worker tests' tiny ONNX model registered and active in
-    that database, so that an API started next gives its jobs to it (a job made and dropped)."""
+    that database, so that an API started next gives its jobs to it."""
 
     def activate(settings: Settings) -> None:
-        job_id = make_job(settings)(str(SAMPLE_PATIENTS / "8916"))
         engine = make_engine(settings.database)
         try:
             with transaction(make_sessionmaker(engine)) as session:
-                session.execute(Job.__table__.delete().where(Job.id == job_id))
+                tiny_model_row(session, tiny_model)
         finally:
             engine.dispose()
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
+from idcscan.core.db import Model
 from idcscan.core.settings import Settings
 from idcscan.core.storage import Storage
-from idcscan.core.tiles import TileSpec
+from tests import factories
 from tests.conftest import SAMPLE_PATIENTS
 from tests.worker.models import build_model
 
@@ -25,7 +26,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def assembled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Patient 8916 reassembled as a pyramidal TIFF (with .geojson and .tiles.csv beside it)."""
-    from idcscan.worker.assemble import assemble
+    from idcscan.core.assemble import assemble
 
     out = tmp_path_factory.mktemp("assembled") / "8916.tiff"
     assemble(SAMPLE_PATIENTS / "8916", out)
@@ -56,13 +57,23 @@ def stored(storage: Storage, path: str | None, folder: str) -> str | None:
     return storage.uri(key)
 
 
+def tiny_model_row(session: Session, tiny_model: Path) -> Model:
+    """The tiny model's row, registered and active the first time."""
+    model = session.query(Model).filter_by(version="test-tiny").one_or_none()
+    if model is None:
+        model = factories.model(
+            session, "test-tiny", architecture="tiny", location=str(tiny_model), active=True
+        )
+    return model
+
+
 @pytest.fixture
 def make_job(tiny_model: Path) -> Iterator[Callable[[Settings], JobFactory]]:
     """make_job(settings)(slide, mpp=None, labels=None, slide_sha256=None) -> a committed queued
     job id, its slide and labels copied into storage first (the worker reads nothing else);
     `as_is={"slide"}` (or "labels") names that path itself, as a row written by hand or by an
     older API would. An uploaded slide has its SHA-256."""
-    from idcscan.core.db import Client, Job, Model, make_engine, make_sessionmaker, transaction
+    from idcscan.core.db import Client, make_engine, make_sessionmaker, transaction
 
     engines = []
 
@@ -85,41 +96,20 @@ def make_job(tiny_model: Path) -> Iterator[Callable[[Settings], JobFactory]]:
             with transaction(sessions) as session:
                 client = session.query(Client).filter_by(name="hospital").one_or_none()
                 if client is None:
-                    client = Client(name="hospital", key_prefix="abc", key_hash="x" * 64)
-                    session.add(client)
-                model = session.query(Model).filter_by(version="test-tiny").one_or_none()
-                if model is None:
-                    spec = TileSpec(model_version="test-tiny")
-                    model = Model(
-                        version="test-tiny",
-                        architecture="tiny",
-                        onnx_sha256="0" * 64,
-                        location=str(tiny_model),
-                        tile_spec=json_spec(spec),
-                        threshold=spec.threshold,
-                        active=True,
-                    )
-                    session.add(model)
-                session.flush()
-                job = Job(
-                    client_id=client.id,
-                    model_id=model.id,
+                    client, _key = factories.client(session, "hospital")
+                job = factories.job(
+                    session,
+                    client,
+                    tiny_model_row(session, tiny_model),
                     slide_uri=slide_uri,
                     slide_sha256=slide_sha256,
                     mpp=mpp,
                     labels_uri=labels_uri,
                 )
-                session.add(job)
-                session.flush()
-                job_id = job.id
-            return job_id
+                return job.id
 
         return make
 
     yield for_settings
     for engine in engines:
         engine.dispose()
-
-
-def json_spec(spec: TileSpec) -> dict[str, object]:
-    return dict(json.loads(spec.to_json()))

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from idcscan.core.assemble import assemble
 from idcscan.core.labels import parse_labels
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.patches import iter_patches
 from idcscan.core.slides import open_slide
-from idcscan.worker.assemble import assemble
+from idcscan.worker.evaluation import evaluate
 from idcscan.worker.pipeline import score_slide
 from tests.conftest import ROOT, SAMPLE_PATIENTS
 
@@ -31,7 +32,7 @@ def test_slide_scoring_reproduces_the_patch_evaluation(patient: str, tmp_path: P
     truth = parse_labels(slide_path.with_suffix(".geojson").read_bytes())
 
     with open_slide(str(slide_path)) as slide:
-        score = score_slide(slide, OnnxModel(REFERENCE), truth=truth)
+        score = evaluate(score_slide(slide, OnnxModel(REFERENCE)), truth)
 
     assert score.confusion is not None and score.label_grid is not None
     scored = np.zeros(score.label_grid.shape, dtype=bool)

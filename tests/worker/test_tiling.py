@@ -18,7 +18,8 @@ from idcscan.core.slides import Slide, open_slide
 from idcscan.core.summary import SlideCall
 from idcscan.core.tiles import TileSpec, pad_tile
 from idcscan.worker import outputs
-from idcscan.worker.pipeline import Batch, confusion_of, prefetch, score_slide
+from idcscan.worker.evaluation import confusion_of, evaluate, ground_truth
+from idcscan.worker.pipeline import Batch, prefetch, score_slide
 from idcscan.worker.tiling import cut_tiles, plan_tiling
 from tests.conftest import SAMPLE_PATIENTS, SAMPLE_SVS
 
@@ -102,6 +103,10 @@ def test_tiles_of_an_assembled_slide_are_the_dataset_patches(
     # The patch folder itself scores the same and carries its own ground truth.
     with open_slide(SAMPLE_PATIENTS / "8916") as folder:
         direct = score_slide(folder, model, batch_size=64)
+        assert direct.confusion is None  # scoring only; evaluation is the caller's step
+        truth = ground_truth(folder, None)
+        assert truth is not None
+        direct = evaluate(direct, truth)
     np.testing.assert_allclose(direct.probability, score.probability, atol=1e-6)
     assert direct.confusion is not None and direct.confusion.tp + direct.confusion.fn == 111
 

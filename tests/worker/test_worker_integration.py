@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import func, select
 
 from idcscan.broker import publish_job
+from idcscan.core.assemble import write_pyramid
 from idcscan.core.db import Job, JobStatus, SlideResult, TileScore, make_engine, make_sessionmaker
 from idcscan.core.migrate import upgrade
 from idcscan.core.settings import get_settings
-from idcscan.worker.assemble import write_pyramid
 from tests.conftest import SAMPLE_PATIENTS
 from tests.processes import idcscan_process
 

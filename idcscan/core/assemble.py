@@ -8,14 +8,13 @@ OpenSlide reports as `openslide.mpp-x`. The ground truth lands beside the TIFF a
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from idcscan.core import tilerows
 from idcscan.core.slides import PatchSlide
 from idcscan.core.tiles import DATASET_MPP, DATASET_TILE_SIZE
 
@@ -76,44 +75,26 @@ def assemble(patient_dir: Path, out: Path) -> Assembled:
     geojson_path = out.with_suffix(".geojson")
     csv_path = out.with_suffix(".tiles.csv")
     features = [
-        {
-            "type": "Feature",
-            "geometry": {
-                "type": "Polygon",
-                "coordinates": [
-                    [
-                        [r.x, r.y],
-                        [r.x + r.width, r.y],
-                        [r.x + r.width, r.y + r.height],
-                        [r.x, r.y + r.height],
-                        [r.x, r.y],
-                    ]
-                ],
-            },
-            "properties": {
-                "objectType": "annotation",
-                "classification": {"name": "IDC", "color": [200, 0, 0]},
-            },
-        }
+        tilerows.idc_feature(r.x, r.y, r.x + r.width, r.y + r.height)
         for r in regions
         if r.label == 1
     ]
-    geojson_path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["row", "col", "x", "y", "width", "height", "label"])
-        for r in sorted(regions, key=lambda r: (r.y, r.x)):
-            writer.writerow(
-                [
-                    r.y // DATASET_TILE_SIZE,
-                    r.x // DATASET_TILE_SIZE,
-                    r.x,
-                    r.y,
-                    r.width,
-                    r.height,
-                    r.label,
-                ]
-            )
+    geojson_path.write_bytes(tilerows.geojson_bytes(features))
+    patches = (
+        {
+            "row": r.y // DATASET_TILE_SIZE,
+            "col": r.x // DATASET_TILE_SIZE,
+            "x": r.x,
+            "y": r.y,
+            "width": r.width,
+            "height": r.height,
+            "label": r.label,
+        }
+        for r in sorted(regions, key=lambda r: (r.y, r.x))
+    )
+    with open(csv_path, "wb") as handle:
+        for chunk in tilerows.csv_chunks(patches, tilerows.TRUTH_COLUMNS):
+            handle.write(chunk)
     return Assembled(
         tiff=out,
         geojson=geojson_path,
