@@ -234,11 +234,13 @@ class JobRunner:
         try:
             with heartbeat:
                 score = self._score(claim, heartbeat)
+                started = time.perf_counter()
                 files = outputs.render(score)
                 uris = {
                     name: self.storage.put_bytes(f"{results_prefix(job_id)}/{name}", data)
                     for name, data in files.items()
                 }
+                score.seconds["outputs"] = time.perf_counter() - started
                 if heartbeat.stopped():
                     raise Cancelled()
             return self._through_outage(claim, lambda: self._succeed(claim, score, uris))
@@ -366,12 +368,14 @@ class JobRunner:
                     truth = parse_labels(handle)
             except FileNotFoundError as exc:
                 raise InvalidInput("the job's labels file is missing", "missing-labels") from exc
+        started = time.perf_counter()
         try:
             slide = open_slide(slide_uri, mpp=claim.mpp, max_pixels=self.settings.max_slide_pixels)
         except FileNotFoundError as exc:
             raise InvalidInput("the job's slide file is missing", "missing-slide") from exc
+        opened = time.perf_counter() - started
         with slide:
-            return score_slide(
+            score = score_slide(
                 slide,
                 model,
                 batch_size=self.settings.batch_size,
@@ -379,10 +383,13 @@ class JobRunner:
                 on_progress=progress,
                 should_stop=heartbeat.stopped,
             )
+        score.seconds["open"] = opened
+        return score
 
     # -- endings ----------------------------------------------------------------------------
 
     def _succeed(self, claim: Claim, score: SlideScore, uris: dict[str, str]) -> str:
+        started = time.perf_counter()
         with transaction(self.sessions) as session:
             if not jobstate.finish(
                 session,
@@ -411,7 +418,15 @@ class JobRunner:
                 client_id=claim.client_id,
                 model_id=claim.model_id,
             )
-        log.info("job %s: succeeded, %d tiles", claim.job_id, len(score.rows))
+        score.seconds["database"] = time.perf_counter() - started
+        # Where the job's time went, one line a job: what the full-slide benchmark reads.
+        seconds = {name: round(value, 4) for name, value in score.seconds.items()}
+        log.info(
+            "job %s: succeeded, %d tiles",
+            claim.job_id,
+            len(score.rows),
+            extra={"job_id": str(claim.job_id), "seconds": seconds},
+        )
         return "succeeded"
 
     def _fail(self, claim: Claim, kind: ErrorKind, message: str) -> None:
