@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -60,6 +61,11 @@ T = TypeVar("T")
 
 
 results_prefix = jobstate.results_prefix
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def worker_identity() -> str:
@@ -425,7 +431,7 @@ class JobRunner:
             "job %s: succeeded, %d tiles",
             claim.job_id,
             len(score.rows),
-            extra={"job_id": str(claim.job_id), "seconds": seconds},
+            extra={"job_id": str(claim.job_id), "seconds": seconds, "peak_rss_mb": peak_rss_mb()},
         )
         return "succeeded"
 
