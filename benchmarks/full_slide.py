@@ -1,6 +1,6 @@
 """A full-size scanner-like slide scored end to end by a real worker, against the physical limits.
 
-    python -m benchmarks.full_slide [--scale 0.25] [--repeats 3] [--model M.onnx]
+    python -m benchmarks.full_slide [--scale 0.25] [--repeats 3] [--workers 1] [--model M.onnx]
                                     [--cache var/bench] [--database URL] [--broker URL]
 
 The slide: 100,000 x 80,000 px at 0.25 um/px (`--scale` shrinks both sides for quick runs),
@@ -14,11 +14,13 @@ Building it takes minutes: it is cached under `--cache` (default var/bench/, ign
 Measured in the same run, so that the figures are ratios, not absolute numbers on a busy machine:
 1. physical limits, in this process: decoding the regions of the level read that hold tissue
    (OpenSlide, 1024 px regions) and bare onnxruntime on the very same tiles, preprocessed and in
-   memory;
-2. a real `idcscan worker` (one process, embedded SQLite + SQL transport unless --database and
-   --broker are given): submit-to-result seconds (job committed and published until the poll sees
-   it finished), slides/hour, the worker's own breakdown (its `succeeded` log line: open, tissue
-   mask, reader's work, inference, outputs, database) and its peak memory.
+   memory; measured again after every job, each ratio taken per job (a burst of load from
+   elsewhere hits both sides of it), wall and CPU seconds;
+2. real `idcscan worker` processes (one, or --workers sharing the machine and its GPU; embedded
+   SQLite + SQL transport unless --database and --broker are given): submit-to-result seconds (job
+   committed and published until the poll sees it finished), slides/hour, the worker's own
+   breakdown (its `succeeded` log line: open, tissue mask, reader's work, inference, outputs,
+   database, CPU seconds) and its peak memory.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -188,70 +190,90 @@ def cached_slide(cache: Path, scale: float) -> Path:
 # -- the physical limits ------------------------------------------------------------------------
 
 
-def limits(slide_path: Path, model_path: Path, threads: int | None) -> dict[str, object]:
-    """Seconds to decode the tissue regions of the level read, and of bare onnxruntime on the same
-    tiles; the plan's facts."""
-    import openslide
+class Limits:
+    """The physical limits on this slide: decoding the regions of the level read that hold a
+    tissue tile (OpenSlide, `REGION_PX` regions, each once) and bare onnxruntime on the very same
+    tiles, preprocessed and in memory. `measure()` runs both again: the benchmark calls it after
+    every job, so that a burst of load from elsewhere on the machine hits both sides of a ratio."""
 
-    from idcscan.core.onnxmodel import OnnxModel
-    from idcscan.core.settings import get_settings
-    from idcscan.core.slides import open_slide
-    from idcscan.core.tiles import to_model_input
-    from idcscan.worker.tiling import REGION_PX, find_tissue, iter_tile_blocks, plan_tiling
+    def __init__(self, slide_path: Path, model_path: Path, threads: int | None) -> None:
+        import openslide
 
-    settings = get_settings()
-    batch = settings.batch_size
-    model = OnnxModel(
-        model_path, settings.execution_provider, threads or settings.inference_threads
-    )
-    with open_slide(slide_path) as slide:
-        plan = plan_tiling(slide, model.spec)
-        tissue = find_tissue(slide, plan).tissue
-        tiles = np.concatenate([b.tiles for b in iter_tile_blocks(slide, plan, tissue)])
-    # The regions of the level read that hold a tissue tile, each decoded once.
-    rows, cols = np.nonzero(tissue)
-    stride = plan.grid.stride0 / plan.level_downsample
-    regions = np.unique(
-        np.stack([(rows * stride) // REGION_PX, (cols * stride) // REGION_PX], axis=1), axis=0
-    )
-    level_w, level_h = openslide.OpenSlide(slide_path).level_dimensions[plan.level]
-    reader = openslide.OpenSlide(slide_path)
-    start = time.perf_counter()
-    for r, c in regions.astype(int).tolist():
-        x, y = c * REGION_PX, r * REGION_PX
-        size = (min(REGION_PX, level_w - x), min(REGION_PX, level_h - y))
-        reader.read_region(
-            (round(x * plan.level_downsample), round(y * plan.level_downsample)), plan.level, size
+        from idcscan.core.onnxmodel import OnnxModel
+        from idcscan.core.settings import get_settings
+        from idcscan.core.slides import open_slide
+        from idcscan.core.tiles import to_model_input
+        from idcscan.worker.tiling import REGION_PX, find_tissue, iter_tile_blocks, plan_tiling
+
+        settings = get_settings()
+        batch = settings.batch_size
+        self.model = OnnxModel(
+            model_path, settings.execution_provider, threads or settings.inference_threads
         )
-    decode_s = time.perf_counter() - start
-    reader.close()
-    batches = [
-        to_model_input(tiles[i : i + batch], model.spec) for i in range(0, len(tiles), batch)
-    ]
-    model.run(batches[0])  # warm-up
-    start = time.perf_counter()
-    for b in batches:
-        model.run(b)
-    inference_s = time.perf_counter() - start
-    return {
-        "tiles": len(tiles),
-        "grid": [plan.grid.rows, plan.grid.cols],
-        "level": plan.level,
-        "level_px": [level_w, level_h],
-        "regions_decoded": len(regions),
-        "decode_s": round(decode_s, 3),
-        "bare_inference_s": round(inference_s, 3),
-        "provider": model.provider,
-    }
+        with open_slide(slide_path) as slide:
+            plan = plan_tiling(slide, self.model.spec)
+            tissue = find_tissue(slide, plan).tissue
+            tiles = np.concatenate([b.tiles for b in iter_tile_blocks(slide, plan, tissue)])
+        self.reader = openslide.OpenSlide(slide_path)
+        level_w, level_h = self.reader.level_dimensions[plan.level]
+        rows, cols = np.nonzero(tissue)
+        stride = plan.grid.stride0 / plan.level_downsample
+        corners = (
+            np.unique(
+                np.stack([(cols * stride) // REGION_PX, (rows * stride) // REGION_PX], axis=1),
+                axis=0,
+            ).astype(int)
+            * REGION_PX
+        )
+        self.regions = [
+            (
+                (round(x * plan.level_downsample), round(y * plan.level_downsample)),
+                plan.level,
+                (min(REGION_PX, level_w - x), min(REGION_PX, level_h - y)),
+            )
+            for x, y in corners.tolist()
+        ]
+        self.batches = [
+            to_model_input(tiles[i : i + batch], self.model.spec)
+            for i in range(0, len(tiles), batch)
+        ]
+        self.model.run(self.batches[0])  # warm-up
+        self.facts = {
+            "tiles": len(tiles),
+            "grid": [plan.grid.rows, plan.grid.cols],
+            "level": plan.level,
+            "level_px": [level_w, level_h],
+            "regions_decoded": len(self.regions),
+            "provider": self.model.provider,
+        }
+
+    def measure(self) -> dict[str, float]:
+        """Wall and CPU seconds (this process, all threads) of each limit."""
+        figures = {}
+        for name, work in (("decode", self._decode), ("bare_inference", self._infer)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            work()
+            figures[f"{name}_s"] = time.perf_counter() - wall
+            figures[f"{name}_cpu_s"] = time.process_time() - cpu
+        return figures
+
+    def _decode(self) -> None:
+        for location, level, size in self.regions:
+            self.reader.read_region(location, level, size)
+
+    def _infer(self) -> None:
+        for batch in self.batches:
+            self.model.run(batch)
 
 
 # -- a real worker ------------------------------------------------------------------------------
 
 
 def through_worker(
-    args: argparse.Namespace, work: Path, slide: Path, model_path: Path
-) -> list[dict]:
-    """Each job's submit-to-result seconds and the worker's own breakdown and peak memory."""
+    args: argparse.Namespace, work: Path, slide: Path, model_path: Path, limits: Limits
+) -> tuple[list[dict], float]:
+    """Each job's submit-to-result seconds, the worker's own breakdown and peak memory, and the
+    limits measured right after it; the seconds the measured jobs took in all."""
     from idcscan.broker import publish_job
     from idcscan.core.db import (
         Client,
@@ -339,10 +361,14 @@ def through_worker(
         # that (or a wave per process with --workers), so that submit-to-result is one slide's.
         submit_and_wait(args.workers)
         runs = []
-        started = time.perf_counter()
+        jobs_s = 0.0
         for _ in range(args.repeats):
-            runs += submit_and_wait(args.workers)
-        wall_s = time.perf_counter() - started
+            wave_start = time.perf_counter()
+            wave = submit_and_wait(args.workers)
+            jobs_s += time.perf_counter() - wave_start
+            measured = limits.measure()  # while the worker is idle: the limits of this moment
+            runs += [{**run, "limits": measured} for run in wave]
+        wall_s = jobs_s
     finally:
         worker.terminate()
         worker.wait(30)
@@ -358,37 +384,52 @@ def through_worker(
     return runs, wall_s
 
 
-def report(limit: dict, runs: list[dict], wall_s: float, workers: int) -> dict[str, object]:
-    """Medians over the jobs, and every figure as a ratio to the limits of the same run."""
+def report(facts: dict, runs: list[dict], wall_s: float, workers: int) -> dict[str, object]:
+    """Medians over the jobs; each ratio is taken per job, against the limits measured right
+    after it, then the median of those."""
 
-    def median(key: str) -> float:
-        return statistics.median(run["seconds"][key] for run in runs)
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
 
-    result_s = statistics.median(run["submit_to_result_s"] for run in runs)
-    stages = {key: round(median(key), 3) for key in runs[0]["seconds"]}
-    job_s = sum(stages[k] for k in ("open", "total", "outputs", "database"))
-    overhead = stages["open"] + stages["tissue_mask"] + stages["outputs"] + stages["database"]
-    decode_s, bare_s = limit["decode_s"], limit["bare_inference_s"]
+    def per_job(fn: Callable[[dict, dict, dict], float]) -> float:
+        return median([fn(run, run["seconds"], run["limits"]) for run in runs])
+
+    def job_s(t: dict) -> float:
+        return t["open"] + t["total"] + t["outputs"] + t["database"]
+
+    def overhead_s(t: dict) -> float:
+        return t["open"] + t["tissue_mask"] + t["outputs"] + t["database"]
+
     return {
-        **limit,
-        "submit_to_result_s": round(result_s, 3),
+        **facts,
+        "submit_to_result_s": median([r["submit_to_result_s"] for r in runs]),
         "worker_processes": workers,
         "slides_per_hour_per_worker": round(3600 * len(runs) / wall_s / workers, 1),
         "slides_per_hour": round(3600 * len(runs) / wall_s, 1),
-        "tiles_per_s": round(limit["tiles"] / result_s, 1),
-        "worker_seconds": stages,
+        "worker_seconds": {
+            key: median([r["seconds"][key] for r in runs]) for key in runs[0]["seconds"]
+        },
+        "limits": {key: median([r["limits"][key] for r in runs]) for key in runs[0]["limits"]},
         "worker_peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
         "ratios": {
             # The issue's figure: bare onnxruntime's seconds over the whole job's (1.0 = free I/O).
-            "end_to_end_vs_bare_inference": round(bare_s / result_s, 3),
+            "end_to_end_vs_bare_inference": per_job(
+                lambda r, t, m: m["bare_inference_s"] / r["submit_to_result_s"]
+            ),
             # Reading and inference overlap: the slower of the two is the job's floor.
-            "end_to_end_vs_limits": round(max(decode_s, bare_s) / result_s, 3),
-            "reader_vs_decode": round(decode_s / stages["read"], 3),
-            "inference_vs_bare": round(bare_s / stages["inference"], 3),
-            "overhead_share": round(overhead / job_s, 3),
-            "queue_and_poll_share": round((result_s - job_s) / result_s, 3),
+            "end_to_end_vs_limits": per_job(
+                lambda r, t, m: max(m["decode_s"], m["bare_inference_s"]) / r["submit_to_result_s"]
+            ),
+            # CPU seconds barely move when other work shares the machine; wall seconds do.
+            "cpu_vs_limits": per_job(
+                lambda r, t, m: (m["decode_cpu_s"] + m["bare_inference_cpu_s"]) / t["cpu"]
+            ),
+            "reader_vs_decode": per_job(lambda r, t, m: m["decode_s"] / t["read"]),
+            "inference_vs_bare": per_job(lambda r, t, m: m["bare_inference_s"] / t["inference"]),
+            "overhead_share": per_job(lambda r, t, m: overhead_s(t) / job_s(t)),
+            "queue_and_poll_share": per_job(lambda r, t, m: 1 - job_s(t) / r["submit_to_result_s"]),
         },
-        "per_job": [round(run["submit_to_result_s"], 3) for run in runs],
+        "per_job_s": [round(run["submit_to_result_s"], 3) for run in runs],
         "load_average_1min": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }
@@ -426,9 +467,9 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="idcscan-full-slide-"))
     model_path = benchmark_model(work, args.model)
-    limit = limits(slide, model_path, args.threads)
-    runs, wall_s = through_worker(args, work, slide, model_path)
-    result = report(limit, runs, wall_s, args.workers)
+    limits = Limits(slide, model_path, args.threads)
+    runs, wall_s = through_worker(args, work, slide, model_path, limits)
+    result = report(limits.facts, runs, wall_s, args.workers)
     result["slide"] = slide.name
     result["model"] = model_path.name
     print(json.dumps(result, indent=2))

@@ -237,6 +237,7 @@ class JobRunner:
             return "skipped"
         log.info("job %s: claimed by %s", job_id, claim.owner)
         heartbeat = Heartbeat(self.sessions, claim, self.settings.lease_s, self._past_deadline)
+        cpu = time.process_time()
         try:
             with heartbeat:
                 score = self._score(claim, heartbeat)
@@ -247,6 +248,9 @@ class JobRunner:
                     for name, data in files.items()
                 }
                 score.seconds["outputs"] = time.perf_counter() - started
+                # CPU seconds of every thread of this process: they barely move when other work
+                # shares the machine, unlike the wall seconds above.
+                score.seconds["cpu"] = time.process_time() - cpu
                 if heartbeat.stopped():
                     raise Cancelled()
             return self._through_outage(claim, lambda: self._succeed(claim, score, uris))

@@ -157,7 +157,7 @@ class SlideScore:
     seconds: dict[str, float] = field(default_factory=dict)
     """Where the time went: tissue_mask; tiles (reading and inference, overlapped); read (the
     reader thread's work: regions read, resampled, cut, preprocessed); inference (session.run);
-    total. The worker adds open, outputs and database (`JobRunner.run`)."""
+    total. The worker adds open, outputs, database and cpu (`JobRunner.run`)."""
 
     @cached_property
     def origins(self) -> tuple[np.ndarray, np.ndarray]:
