@@ -45,14 +45,16 @@ if ! has_cuda; then
         step "installing onnxruntime-gpu"
         version=$("$python" -c 'import importlib.metadata as m; print(m.version("onnxruntime"))' 2>/dev/null) ||
             version=""
-        wanted="onnxruntime-gpu${version:+==$version}"
+        pin="${version:+==$version}"
         "$python" -m pip uninstall -q -y onnxruntime >/dev/null 2>&1 || true
         if [ -n "${ORT_GPU_WHEELS:-}" ]; then
-            "$python" -m pip install -q --no-index --find-links "$ORT_GPU_WHEELS" "$wanted" ||
-                fail "could not install $wanted from $ORT_GPU_WHEELS"
+            "$python" -m pip install -q --no-index --find-links "$ORT_GPU_WHEELS" "onnxruntime-gpu$pin" ||
+                fail "could not install onnxruntime-gpu$pin from $ORT_GPU_WHEELS"
         else
-            "$python" -m pip install -q "$wanted[cuda,cudnn]" || "$python" -m pip install -q "$wanted" ||
-                fail "could not install $wanted (offline? set ORT_GPU_WHEELS to a folder of wheels)"
+            # The extras bring CUDA and cuDNN as pip wheels (onnxruntime.preload_dlls loads them).
+            "$python" -m pip install -q "onnxruntime-gpu[cuda,cudnn]$pin" ||
+                "$python" -m pip install -q "onnxruntime-gpu$pin" ||
+                fail "could not install onnxruntime-gpu$pin (offline? set ORT_GPU_WHEELS to a folder of wheels)"
         fi
     fi
 fi
