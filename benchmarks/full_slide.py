@@ -81,8 +81,8 @@ def tissue_cells(rows: int, cols: int, seed: int) -> np.ndarray:
 
 
 def level2_canvas(width2: int, height2: int, seed: int = 0) -> np.ndarray:
-    """Level 2 (4 um/px): a random real patch in every tissue cell, white elsewhere; padded to
-    whole level-0 tiles (256 / 16 = 16 px) so that every level's tiles are cut from it."""
+    """Level 2 (4 um/px): a random real patch in every tissue cell, white elsewhere; padded with
+    white by one tile, so that every level's last (partial) tiles are cut from it whole."""
     patches = real_patches()
     rows, cols = -(-height2 // PATCH), -(-width2 // PATCH)
     cells = tissue_cells(rows, cols, seed)
@@ -108,12 +108,10 @@ def level_tiles(
         for left in range(0, width, TILE):
             y, x = top // factor, left // factor
             region = canvas[y : y + side, x : x + side]
-            if factor == 1 or region.min() == 255:
-                yield (
-                    np.ascontiguousarray(region)
-                    if factor == 1
-                    else np.full((TILE, TILE, 3), 255, np.uint8)
-                )
+            if factor == 1:
+                yield np.ascontiguousarray(region)
+            elif region.min() == 255:  # background: no resampling
+                yield np.full((TILE, TILE, 3), 255, np.uint8)
             else:
                 image = Image.fromarray(region).resize((TILE, TILE), Image.Resampling.BILINEAR)
                 yield np.asarray(image)
