@@ -14,7 +14,17 @@ import sys
 import traceback
 from datetime import UTC, datetime
 
-CONTEXT_FIELDS = ("request_id", "client_id", "job_id", "method", "route", "status", "duration_ms")
+CONTEXT_FIELDS = (
+    "request_id",
+    "client_id",
+    "job_id",
+    "method",
+    "route",
+    "status",
+    "duration_ms",
+    "seconds",  # a job's time by stage (worker): numbers only
+    "peak_rss_mb",  # the worker process's peak memory after a job
+)
 
 
 class JsonFormatter(logging.Formatter):

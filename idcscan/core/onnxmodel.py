@@ -96,6 +96,13 @@ class OnnxModel:
         self.session = ort.InferenceSession(
             str(self.path), sess_options=options, providers=providers_for(provider)
         )
+        if provider == "cuda" and self.provider != "CUDAExecutionProvider":
+            # onnxruntime falls back to the CPU, with a log line, when its CUDA or cuDNN
+            # libraries do not load: a GPU worker would then run for hours at CPU speed.
+            raise RuntimeError(
+                "IDCSCAN_EXECUTION_PROVIDER=cuda but onnxruntime could not start its CUDA "
+                "provider (CUDA or cuDNN libraries missing?); refusing to run on the CPU"
+            )
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.manifest = ModelManifest.from_metadata(metadata)
         names = [i.name for i in self.session.get_inputs()]

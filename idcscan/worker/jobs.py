@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -61,6 +62,11 @@ T = TypeVar("T")
 
 
 results_prefix = jobstate.results_prefix
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def worker_identity() -> str:
@@ -232,14 +238,20 @@ class JobRunner:
             return "skipped"
         log.info("job %s: claimed by %s", job_id, claim.owner)
         heartbeat = Heartbeat(self.sessions, claim, self.settings.lease_s, self._past_deadline)
+        cpu = time.process_time()
         try:
             with heartbeat:
                 score = self._score(claim, heartbeat)
+                started = time.perf_counter()
                 files = outputs.render(score)
                 uris = {
                     name: self.storage.put_bytes(f"{results_prefix(job_id)}/{name}", data)
                     for name, data in files.items()
                 }
+                score.seconds["outputs"] = time.perf_counter() - started
+                # CPU seconds of every thread of this process: they barely move when other work
+                # shares the machine, unlike the wall seconds above.
+                score.seconds["cpu"] = time.process_time() - cpu
                 if heartbeat.stopped():
                     raise Cancelled()
             return self._through_outage(claim, lambda: self._succeed(claim, score, uris))
@@ -367,10 +379,12 @@ class JobRunner:
                     truth = parse_labels(handle)
             except FileNotFoundError as exc:
                 raise InvalidInput("the job's labels file is missing", "missing-labels") from exc
+        started = time.perf_counter()
         try:
             slide = open_slide(slide_uri, mpp=claim.mpp, max_pixels=self.settings.max_slide_pixels)
         except FileNotFoundError as exc:
             raise InvalidInput("the job's slide file is missing", "missing-slide") from exc
+        opened = time.perf_counter() - started
         with slide:
             score = score_slide(
                 slide,
@@ -380,11 +394,15 @@ class JobRunner:
                 should_stop=heartbeat.stopped,
             )
             truth = ground_truth(slide, truth)
-            return evaluate(score, truth) if truth is not None else score
+            if truth is not None:
+                score = evaluate(score, truth)
+        score.seconds["open"] = opened
+        return score
 
     # -- endings ----------------------------------------------------------------------------
 
     def _succeed(self, claim: Claim, score: SlideScore, uris: dict[str, str]) -> str:
+        started = time.perf_counter()
         with transaction(self.sessions) as session:
             if not jobstate.finish(
                 session,
@@ -413,7 +431,15 @@ class JobRunner:
                 client_id=claim.client_id,
                 model_id=claim.model_id,
             )
-        log.info("job %s: succeeded, %d tiles", claim.job_id, len(score.rows))
+        score.seconds["database"] = time.perf_counter() - started
+        # Where the job's time went, one line a job: what the full-slide benchmark reads.
+        seconds = {name: round(value, 4) for name, value in score.seconds.items()}
+        log.info(
+            "job %s: succeeded, %d tiles",
+            claim.job_id,
+            len(score.rows),
+            extra={"job_id": str(claim.job_id), "seconds": seconds, "peak_rss_mb": peak_rss_mb()},
+        )
         return "succeeded"
 
     def _fail(self, claim: Claim, kind: ErrorKind, message: str) -> None:

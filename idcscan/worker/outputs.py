@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -134,15 +133,10 @@ def geojson_bytes(score: SlideScore) -> bytes:
     return tilerows.geojson_bytes(idc_features(score))
 
 
-def tile_rows(score: SlideScore) -> Iterator[dict[str, Any]]:
-    """The scored tiles as rows (`idcscan.core.tilerows`), for the CSV and the database."""
-    return tilerows.score_rows(
+def tiles_csv(score: SlideScore) -> bytes:
+    return tilerows.score_csv(
         score.rows, score.cols, score.x, score.y, score.probability, score.labels
     )
-
-
-def tiles_csv(score: SlideScore) -> bytes:
-    return tilerows.csv_bytes(tile_rows(score))
 
 
 def summary(score: SlideScore) -> dict[str, Any]:

@@ -82,6 +82,22 @@ def _batches(
         yield flush(count)
 
 
+def timed(source: Iterator[Batch], seconds: dict[str, float], key: str) -> Iterator[Batch]:
+    """`source`, adding the time spent producing each item to `seconds[key]` (in the reader's
+    thread: the time it worked, not the time it waited on a full queue)."""
+    seconds.setdefault(key, 0.0)
+    items = iter(source)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        finally:
+            seconds[key] += time.perf_counter() - start
+        yield item
+
+
 _DONE = object()
 
 
@@ -135,6 +151,9 @@ class SlideScore:
     probability: np.ndarray
     summary: SlideSummary
     seconds: dict[str, float] = field(default_factory=dict)
+    """Where the time went: tissue_mask; tiles (reading and inference, overlapped); read (the
+    reader thread's work: regions read, resampled, cut, preprocessed); inference (session.run);
+    total. The worker adds open, outputs, database and cpu (`JobRunner.run`)."""
     labels: np.ndarray | None = None
     """int8 per scored tile (-1 unlabelled), once evaluated against ground truth
     (`idcscan.worker.evaluation`)."""
@@ -218,7 +237,8 @@ def score_slide(
     probability = np.empty(total, dtype=np.float32)
     done = 0
     inference = 0.0
-    batches = _batches(slide, plan, tissue.tissue, batch_size, should_stop)
+    seconds: dict[str, float] = {}
+    batches = timed(_batches(slide, plan, tissue.tissue, batch_size, should_stop), seconds, "read")
     for batch in prefetch(batches, PREFETCH_BATCHES):
         if should_stop and should_stop():
             raise Cancelled()
@@ -242,6 +262,7 @@ def score_slide(
         probability=probability,
         summary=summarise(plan, probability),
         seconds={
+            **seconds,
             "tissue_mask": masked - started,
             "tiles": finished - masked,
             "inference": inference,

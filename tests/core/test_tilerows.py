@@ -72,3 +72,18 @@ def test_idc_feature_is_a_closed_qupath_rectangle_in_level0_pixels() -> None:
     assert json.loads(document)["type"] == "FeatureCollection"
     grid = GridGeometry(rows=1, cols=3, tile0=50.0, stride0=50.0)
     np.testing.assert_array_equal(parse_labels(document).tile_labels(grid), [[0, 1, 1]])
+
+
+def test_the_fast_csv_of_a_slide_is_the_same_text_as_the_row_writer() -> None:
+    rng = np.random.default_rng(0)
+    n = 500
+    arrays = {
+        "rows": rng.integers(0, 400, n),
+        "cols": rng.integers(0, 300, n),
+        "x": rng.integers(0, 10**5, n),
+        "y": rng.integers(0, 10**5, n),
+        "probability": rng.random(n, dtype=np.float32),
+    }
+    for labels in (None, rng.integers(-1, 2, n).astype(np.int8)):
+        fast = tilerows.score_csv(**arrays, labels=labels)
+        assert fast == tilerows.csv_bytes(tilerows.score_rows(**arrays, labels=labels))

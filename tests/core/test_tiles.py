@@ -134,3 +134,25 @@ def test_model_with_two_class_output_is_refused(tmp_path: Path) -> None:
     onnx.save(model, path)
     with pytest.raises(ValueError, match="one probability per tile"):
         OnnxModel(path)
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")
+def test_cuda_asked_for_never_runs_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime lists its CUDA provider, but the session cannot start it (here: a CPU build
+    that claims CUDA, standing in for a GPU build whose CUDA or cuDNN libraries do not load).
+    onnxruntime then runs on the CPU with a warning; with `cuda` asked for, that is an error."""
+    import onnxruntime
+
+    from idcscan.core.onnxmodel import reference_model
+
+    real = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" in real:
+        pytest.skip("this onnxruntime has a CUDA provider")
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", *real]
+    )
+    with pytest.raises(RuntimeError, match="refusing to run on the CPU"):
+        OnnxModel(reference_model(), provider="cuda")
+    assert OnnxModel(reference_model(), provider="auto").provider == "CPUExecutionProvider"

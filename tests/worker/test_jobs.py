@@ -343,3 +343,60 @@ def test_progress_is_written_a_few_times_a_second_at_most() -> None:
             heartbeat.progress(done, 10**9)
     assert 1 <= len(writes) <= 1.0 / PROGRESS_INTERVAL_S + 1
     assert writes[-1][0] > writes[0][0]
+
+
+def test_tile_rows_hold_what_was_scored(
+    runner: JobRunner,
+    sessions: sessionmaker[Session],
+    new_job: JobMaker,
+    assembled: Path,
+    settings: Settings,
+    tmp_path: Path,
+) -> None:
+    """Every tile row (COPY on PostgreSQL, executemany on SQLite) equals the tile CSV the same
+    score wrote: positions, probability, and the label or NULL where the tile had none."""
+    lines = assembled.with_suffix(".tiles.csv").read_text().splitlines()
+    half = tmp_path / "half.tiles.csv"  # half the patches labelled: the rest are NULL
+    half.write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    job_id = new_job(str(assembled), labels=str(half))
+    assert runner.run(job_id) == "succeeded"
+    with sessions() as session:
+        stored = session.execute(
+            select(
+                TileScore.row,
+                TileScore.col,
+                TileScore.x,
+                TileScore.y,
+                TileScore.probability,
+                TileScore.label,
+            )
+            .where(TileScore.job_id == job_id)
+            .order_by(TileScore.row, TileScore.col)
+        ).all()
+    csv_text = Path(Storage(settings.storage).uri(f"{results_prefix(job_id)}/tiles.csv"))
+    expected = sorted(
+        (int(r), int(c), int(x), int(y), float(p), int(label) if label else None)
+        for r, c, x, y, p, label in (
+            line.split(",") for line in csv_text.read_text().splitlines()[1:]
+        )
+    )
+    assert len(stored) == len(expected) >= 169
+    assert {label for *_, label in stored} == {0, 1, None}
+    for row, want in zip(stored, expected, strict=True):
+        assert tuple(row[:4]) == want[:4] and row[5] == want[5]
+        assert row[4] == pytest.approx(want[4], abs=1e-6)
+
+
+def test_the_job_logs_where_its_time_went(
+    runner: JobRunner, new_job: JobMaker, assembled: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = new_job(str(assembled))
+    with caplog.at_level("INFO", logger="idcscan.worker.jobs"):
+        assert runner.run(job_id) == "succeeded"
+    (record,) = [r for r in caplog.records if hasattr(r, "seconds")]
+    seconds = record.seconds
+    assert record.peak_rss_mb > 50  # the interpreter, numpy and onnxruntime at least
+    stages = ("open", "tissue_mask", "read", "inference", "outputs", "database", "total", "cpu")
+    assert set(stages) <= set(seconds)
+    assert all(seconds[stage] > 0 for stage in stages)
+    assert seconds["inference"] <= seconds["tiles"] <= seconds["total"]
