@@ -58,8 +58,11 @@ from idcscan.core.overlay import probability_rgba
 links_bp = Blueprint("viewer_links", __name__, url_prefix="/v1")
 bp = Blueprint("viewer", __name__)
 
+# Scripts: our own files only. Styles may be inline: OpenSeadragon adds a <style> element of its
+# own; a style cannot run code.
 PAGE_POLICY = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 SUSPICIOUS_REGIONS = 5

@@ -89,6 +89,7 @@ function openViewer(data) {
       opacity: opacity(),
       success: (event) => {
         if (overlay) viewer.world.removeItem(overlay);
+        else viewer.viewport.goHome(true); // the whole slide, the overlay's bounds included
         overlay = event.item;
         overlay.addOnceHandler("fully-loaded-change", () => {
           document.body.dataset.overlay = "shown";
