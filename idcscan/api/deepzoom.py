@@ -31,6 +31,10 @@ JPEG_QUALITY = 80
 OPEN_SLIDES = 8
 """Slides kept open per API process. A scanner slide costs little open; a flat image or patch
 zip holds its decoded pixels (at most 192 MB), so the cache is kept short."""
+TILE_CACHE_BYTES = 64 * 1024**2
+"""Encoded tiles kept per API process (some 3,000 tiles of 20 kB). A tile of a low zoom level
+is made from a large region of the slide (the whole slide, at the lowest levels of a slide with
+one level), so it is worth keeping: every reader of the slide starts there."""
 
 
 @dataclass
@@ -85,15 +89,58 @@ def _open(uri: str, mpp: float | None) -> DeepZoomSlide:
     return opened
 
 
-class SlideCache:
-    """The most recently used open slides, by stored URI and the job's pixel size."""
+TileKey = tuple[str, float | None, int, int, int]
 
-    def __init__(self, size: int = OPEN_SLIDES) -> None:
+
+class TileCache:
+    """The most recently used encoded tiles, up to a budget of bytes. A stored slide never
+    changes (it is named by its hash), so a tile never goes stale."""
+
+    def __init__(self, budget: int = TILE_CACHE_BYTES) -> None:
+        self.budget = budget
+        self.size = 0
+        self._tiles: OrderedDict[TileKey, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: TileKey) -> bytes | None:
+        with self._lock:
+            data = self._tiles.get(key)
+            if data is not None:
+                self._tiles.move_to_end(key)
+            return data
+
+    def put(self, key: TileKey, data: bytes) -> None:
+        with self._lock:
+            if key in self._tiles or len(data) > self.budget:
+                return
+            self._tiles[key] = data
+            self.size += len(data)
+            while self.size > self.budget:
+                _key, dropped = self._tiles.popitem(last=False)
+                self.size -= len(dropped)
+
+
+class SlideCache:
+    """The most recently used open slides, by stored URI and the job's pixel size, and the
+    tiles made from them."""
+
+    def __init__(self, size: int = OPEN_SLIDES, tile_bytes: int = TILE_CACHE_BYTES) -> None:
         self.size = size
         self._slides: OrderedDict[tuple[str, float | None], DeepZoomSlide] = OrderedDict()
         self._lock = threading.Lock()
+        self.tiles = TileCache(tile_bytes)
         self.opened = 0
         """Slides opened so far (a measure of the cache's misses, for tests and benchmarks)."""
+
+    def tile(self, uri: str, mpp: float | None, level: int, col: int, row: int) -> bytes | None:
+        """One tile's JPEG, from the tile cache or made now; None where the pyramid has none."""
+        key = (uri, mpp, level, col, row)
+        if (hit := self.tiles.get(key)) is not None:
+            return hit
+        data = self.get(uri, mpp).tile(level, col, row)
+        if data is not None:
+            self.tiles.put(key, data)
+        return data
 
     def get(self, uri: str, mpp: float | None) -> DeepZoomSlide:
         key = (uri, mpp)

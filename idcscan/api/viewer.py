@@ -52,7 +52,7 @@ from idcscan.api.results import (
     tiles_json,
 )
 from idcscan.api.schemas import ViewerLinkOut, spec
-from idcscan.core.db import Client, Job, Model, SlideResult, TileScore
+from idcscan.core.db import Client, Job, JobStatus, Model, SlideResult, TileScore
 from idcscan.core.overlay import probability_rgba
 
 links_bp = Blueprint("viewer_links", __name__, url_prefix="/v1")
@@ -113,7 +113,9 @@ def mint_link(job_id: uuid.UUID) -> Any:
 
 @bp.before_request
 def _check_link() -> None:
-    """Routes under /view/<token>/ act as the client that minted the link, for that job only."""
+    """Routes under /view/<token>/ act as the client that minted the link, for that job only:
+    one query checks the client (not revoked) and its ownership of the job, and reads what a
+    tile needs, so a tile costs no other query."""
     token = (request.view_args or {}).get("token")
     if token is None:
         return
@@ -121,15 +123,28 @@ def _check_link() -> None:
     if grant is None:
         raise _bad_link()
     with current_app.extensions["idcscan.db"]() as session:
-        client = session.get(Client, grant.client_id)
-        owned = session.scalar(
-            select(Job.id).where(Job.id == grant.job_id, Job.client_id == grant.client_id)
-        )
-    if client is None or client.revoked or owned is None:
+        found = session.execute(
+            select(Client, Job.status, Job.slide_uri, Job.mpp)
+            .join(Job, Job.client_id == Client.id)
+            .where(Job.id == grant.job_id, Client.id == grant.client_id)
+        ).first()
+    if found is None or found[0].revoked:
         raise _bad_link()
+    client, status, slide_uri, mpp = found
     g.caller = Caller(id=client.id, name=client.name, role=client.role)
     g.job_id = str(grant.job_id)
     g.link_expires = grant.expires_at
+    g.linked = LinkedJob(grant.job_id, status, slide_uri, mpp)
+
+
+@dataclass(frozen=True)
+class LinkedJob:
+    """The job a link opens, as read when the link was checked."""
+
+    id: uuid.UUID
+    status: str
+    slide_uri: str
+    mpp: float | None
 
 
 def _bad_link() -> Problem:
@@ -231,9 +246,12 @@ def dzi(token: str) -> Response:
 
 @bp.get(f"/view/<token>/slide_files/<int:level>/<int:col>_<int:row>.{TILE_FORMAT}")
 def tile(token: str, level: int, col: int, row: int) -> Response:
-    """One deep zoom tile of the stored slide."""
-    job, _result = succeeded_result(_job_id())
-    data = _deepzoom(job).tile(level, col, row)
+    """One deep zoom tile of the stored slide (the slide the worker scored)."""
+    job: LinkedJob = g.linked
+    if job.status != JobStatus.SUCCEEDED.value:
+        raise Problem(409, "job-not-succeeded", f"The job is {job.status}.", job_status=job.status)
+    cache: SlideCache = current_app.extensions["idcscan.slides"]
+    data = cache.tile(job.slide_uri, job.mpp, level, col, row)
     if data is None:
         raise Problem(404, "not-found", "No such tile.")
     return Response(data, mimetype="image/jpeg")

@@ -140,3 +140,21 @@ def test_the_slide_cache_keeps_recent_slides_open(tmp_path: Path) -> None:
     flat = cache.get(str(patient_zip(tmp_path)), None)
     assert flat.shared_image and not first.shared_image
     assert cache.get(str(SAMPLE_SVS), None) is not first and cache.opened == 3
+
+
+def test_the_tile_cache_keeps_tiles_within_its_budget() -> None:
+    from idcscan.api.deepzoom import SlideCache
+
+    slide = str(SAMPLE_SVS)
+    level = SlideCache().get(slide, None).generator.level_count - 1
+    sizes = [len(SlideCache().tile(slide, None, level, col, 0) or b"") for col in range(4)]
+    cache = SlideCache(tile_bytes=sum(sizes[1:]))  # room for three of the four
+    first = cache.tile(slide, None, level, 0, 0)
+    assert first is not None and cache.tile(slide, None, level, 0, 0) is first
+    for col in range(1, 4):
+        assert cache.tile(slide, None, level, col, 0) is not None
+    assert 0 < cache.tiles.size <= sum(sizes[1:])
+    assert cache.tiles.get((slide, None, level, 0, 0)) is None  # the least recent went
+    assert cache.tiles.get((slide, None, level, 3, 0)) is not None
+    assert cache.tile(slide, None, level, 99, 0) is None
+    assert cache.opened == 1

@@ -72,6 +72,9 @@ function openViewer(data) {
     prefixUrl: "/static/openseadragon/images/",
     tileSources: data.slide.dzi,
     showNavigator: true,
+    // The 2D canvas: starting WebGL costs about a second where the GPU is emulated (headless,
+    // remote desktops), and a slide with one overlay gains nothing from it.
+    drawer: "canvas",
     imageSmoothingEnabled: false, // a tile of the map stays a square, not a blur
     maxZoomPixelRatio: 2,
   });
