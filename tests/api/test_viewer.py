@@ -158,3 +158,17 @@ def test_the_tile_cache_keeps_tiles_within_its_budget() -> None:
     assert cache.tiles.get((slide, None, level, 3, 0)) is not None
     assert cache.tile(slide, None, level, 99, 0) is None
     assert cache.opened == 1
+
+
+def test_the_signing_key_is_made_once_and_private_unless_given(tmp_path: Path) -> None:
+    from idcscan.core.settings import get_settings
+
+    embedded = get_settings(data_dir=tmp_path)
+    key = links.signing_key(embedded)
+    assert len(key) >= 48 and links.signing_key(embedded) == key
+    assert (tmp_path / links.SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    given = get_settings(data_dir=tmp_path, secret_key="a shared secret of the operators")
+    assert links.signing_key(given) == b"a shared secret of the operators"
+    token = links.mint(key, uuid.uuid4(), 7, int(time.time()) + 60)
+    assert links.verify(key, token) is not None
+    assert links.verify(links.signing_key(given), token) is None

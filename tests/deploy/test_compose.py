@@ -212,7 +212,12 @@ def test_minio_needs_its_credentials_and_listens_on_this_host_only(
 
 def test_no_secret_has_a_default(compose: dict[str, Any]) -> None:
     text = (ROOT / "docker-compose.yml").read_text() + (ROOT / "deploy/compose.s3.yml").read_text()
-    for secret in ("POSTGRES_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
+    for secret in (
+        "POSTGRES_PASSWORD",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "IDCSCAN_SECRET_KEY",
+    ):
         for use in re.findall(r"\$\{" + secret + r"[^}]*\}", text):
             assert use in (f"${{{secret}:-}}",) or ":?" in use, use
     example = dict(
@@ -221,3 +226,4 @@ def test_no_secret_has_a_default(compose: dict[str, Any]) -> None:
         if line and not line.startswith("#")
     )
     assert example["POSTGRES_PASSWORD"] == "" and example["IDCSCAN_TLS_DIR"] == ""
+    assert example["IDCSCAN_SECRET_KEY"] == ""
