@@ -132,6 +132,7 @@ def _check_link() -> None:
         raise _bad_link()
     client, status, slide_uri, mpp = found
     g.caller = Caller(id=client.id, name=client.name, role=client.role)
+    g.client_id = client.id  # for the access log; the limits counted this request before
     g.job_id = str(grant.job_id)
     g.link_expires = grant.expires_at
     g.linked = LinkedJob(grant.job_id, status, slide_uri, mpp)
@@ -196,9 +197,8 @@ def _deepzoom(job: Job) -> DeepZoomSlide:
 
 def _stride0(session: Any, result: SlideResult, slide_mpp: float) -> float:
     """Level-0 pixels between tiles: the model's stride at its scale, as the worker tiled it."""
-    model = session.get(Model, result.model_id)
-    spec = model.tile_spec if model is not None else {}
-    return float(spec.get("stride", 50)) * float(spec.get("mpp", result.effective_mpp)) / slide_mpp
+    spec = session.get_one(Model, result.model_id).tile_spec  # a TileSpec as the registry wrote it
+    return float(spec["stride"]) * float(spec["mpp"]) / slide_mpp
 
 
 @bp.get("/view/<token>/job.json")
