@@ -90,8 +90,14 @@ def test_worklist_then_viewer_in_chromium(
     assert len(browser.find_elements(By.CSS_SELECTOR, "#downloads a")) == 5
     overlay_ms = browser.execute_script("return window.idcscanOverlayMs")
     print(f"overlay shown {overlay_ms:.0f} ms after navigation")
+    screenshot(browser, tmp_path, "viewer")
+    # The most suspicious tile is one click away: the view zooms in on it.
+    zoom = "return idcscanViewer.viewport.getZoom(true)"
+    home = browser.execute_script(zoom)
+    browser.find_element(By.CSS_SELECTOR, "#suspicious button").click()
+    wait.until(lambda d: d.execute_script(zoom) > 2 * home)
     browser.find_element(By.ID, "opacity").send_keys("\ue012" * 10)  # arrow left: less opaque
     assert browser.execute_script("return idcscanViewer.world.getItemAt(1).getOpacity()") < 0.5
-    screenshot(browser, tmp_path, "viewer")
+    screenshot(browser, tmp_path, "viewer-zoomed")
     errors = _console_errors(browser)
     assert not errors, "\n".join(errors)

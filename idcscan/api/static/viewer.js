@@ -48,8 +48,9 @@ function showConfusion(confusion) {
                               ["True negatives (tn)", "tn"]]) {
     definition(list, label, String(confusion[key]));
   }
-  for (const key of ["sensitivity", "specificity", "balanced_accuracy", "f1"]) {
-    if (key in confusion) definition(list, key.replace("_", " "), fmt(confusion[key]));
+  for (const [label, key] of [["Sensitivity", "recall"], ["Specificity", "specificity"],
+                              ["Balanced accuracy", "balanced_accuracy"], ["F1", "f1"]]) {
+    if (key in confusion) definition(list, label, fmt(confusion[key]));
   }
   box.append(list);
 }
