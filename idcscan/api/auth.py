@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from idcscan.api.audit import audit
 from idcscan.api.problems import Problem
+from idcscan.core import webhooks
 from idcscan.core.db import Client, Role, utcnow
 
 KEY_PREFIX_LEN = 8
@@ -104,6 +105,28 @@ def rotate_key(session: Session, client: Client, by: int | None = None) -> str:
     session.refresh(client)
     audit(session, by, "client.rotate", "client", client.id)
     return key
+
+
+def set_webhook_prefixes(
+    session: Session, client: Client, prefixes: list[str], by: int | None = None
+) -> str | None:
+    """Replace `client`'s webhook allow-list (an empty one allows no callback). The first time,
+    the client also gets its signing secret, returned this once; None afterwards (see
+    `rotate_webhook_secret`). A prefix that is not a plain http(s) URL: CallbackRefused."""
+    client.webhook_prefixes = [webhooks.check_prefix(p) for p in dict.fromkeys(prefixes)]
+    secret = None
+    if client.webhook_secret is None:
+        secret = client.webhook_secret = webhooks.new_secret()
+    audit(session, by, "client.webhooks", "client", client.id, prefixes=len(prefixes))
+    return secret
+
+
+def rotate_webhook_secret(session: Session, client: Client, by: int | None = None) -> str:
+    """A new signing secret for `client`; every webhook sent after the commit is signed with it,
+    retries of earlier ones too."""
+    client.webhook_secret = webhooks.new_secret()
+    audit(session, by, "client.webhook_secret", "client", client.id)
+    return client.webhook_secret
 
 
 def caller() -> Caller:

@@ -12,7 +12,15 @@ from spectree import Response as Resp
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from idcscan.api.auth import add_client, admin_required, caller, revoke_client, rotate_key
+from idcscan.api.auth import (
+    add_client,
+    admin_required,
+    caller,
+    revoke_client,
+    rotate_key,
+    rotate_webhook_secret,
+    set_webhook_prefixes,
+)
 from idcscan.api.jobs import PROBLEMS
 from idcscan.api.problems import Problem, accepts, not_found
 from idcscan.api.schemas import (
@@ -22,10 +30,13 @@ from idcscan.api.schemas import (
     ClientOut,
     ClientWithKey,
     ProblemOut,
+    WebhooksIn,
+    WebhooksOut,
     aware,
     spec,
 )
 from idcscan.core.db import Client, transaction
+from idcscan.core.webhooks import CallbackRefused
 
 bp = Blueprint("clients", __name__, url_prefix="/v1")
 ADMIN_PROBLEMS = {"HTTP_403": ProblemOut, **PROBLEMS}
@@ -39,6 +50,7 @@ def client_out(client: Client) -> dict[str, Any]:
         "key_prefix": client.key_prefix,
         "created_at": aware(client.created_at),
         "revoked_at": aware(client.revoked_at),
+        "webhook_allow": client.webhook_prefixes or [],
     }
 
 
@@ -105,3 +117,44 @@ def rotate(client_id: int) -> Any:
         client = _client(session, client_id)
         key = rotate_key(session, client, by=caller().id)
         return ClientWithKey(**client_out(client), key=key)
+
+
+@bp.put(f"/clients/<{ID_RULE}:client_id>/webhooks")
+@admin_required
+@accepts("application/json", detail="Send the allow-list as JSON.")
+@spec.validate(
+    json=WebhooksIn,
+    resp=Resp(
+        HTTP_200=WebhooksOut,
+        HTTP_413=ProblemOut,
+        HTTP_415=ProblemOut,
+        HTTP_422=ProblemOut,
+        **ADMIN_PROBLEMS,
+    ),
+    tags=["clients"],
+)
+def set_webhooks(client_id: int) -> Any:
+    """Set the URL prefixes a client's jobs may name as `callback_url` (admin key); the first
+    time, the answer holds the client's webhook signing secret, shown this once."""
+    body: WebhooksIn = request.context.json  # type: ignore[attr-defined]
+    try:
+        with transaction(current_app.extensions["idcscan.db"]) as session:
+            client = _client(session, client_id)
+            secret = set_webhook_prefixes(session, client, body.allow, by=caller().id)
+            return WebhooksOut(
+                client_id=client.id, allow=client.webhook_prefixes or [], secret=secret
+            )
+    except CallbackRefused as refused:
+        raise Problem(422, "invalid-webhook-prefix", f"Refused: {refused}.") from None
+
+
+@bp.post(f"/clients/<{ID_RULE}:client_id>/webhooks/rotate-secret")
+@admin_required
+@spec.validate(resp=Resp(HTTP_200=WebhooksOut, **ADMIN_PROBLEMS), tags=["clients"])
+def rotate_webhook(client_id: int) -> Any:
+    """Give a client a new webhook signing secret (admin key), shown this once; every webhook
+    sent from now on is signed with it."""
+    with transaction(current_app.extensions["idcscan.db"]) as session:
+        client = _client(session, client_id)
+        secret = rotate_webhook_secret(session, client, by=caller().id)
+        return WebhooksOut(client_id=client.id, allow=client.webhook_prefixes or [], secret=secret)

@@ -1,4 +1,5 @@
-"""Subcommands of the API: `api` (serve with gunicorn), `clients add|list|revoke|rotate`.
+"""Subcommands of the API: `api` (serve with gunicorn), `clients add|list|revoke|rotate|webhooks|
+webhook-secret`.
 
 Light on purpose: Flask, gunicorn and SQLAlchemy are imported inside the handlers.
 """
@@ -44,6 +45,20 @@ def register(subparsers: Any) -> None:
     )
     rotate.add_argument("name")
     rotate.set_defaults(func=_clients_rotate)
+    hooks = sub.add_parser(
+        "webhooks",
+        help="set the URL prefixes a client's jobs may name as callback_url (none: no callback); "
+        "the first time, prints the client's new webhook secret alone on the last line",
+    )
+    hooks.add_argument("name")
+    hooks.add_argument("prefixes", nargs="*", metavar="PREFIX", help="e.g. https://ris.example/")
+    hooks.set_defaults(func=_clients_webhooks)
+    secret = sub.add_parser(
+        "webhook-secret",
+        help="give a client a new webhook signing secret; prints it alone on the last line",
+    )
+    secret.add_argument("name")
+    secret.set_defaults(func=_clients_webhook_secret)
 
 
 @contextmanager
@@ -102,7 +117,10 @@ def _clients_list(args: argparse.Namespace) -> int:
     with _transaction() as session:
         for client in session.scalars(select(Client).order_by(Client.id)):
             state = f"revoked {client.revoked_at:%Y-%m-%d}" if client.revoked_at else "active"
-            print(f"{client.id}\t{client.name}\t{client.role}\t{client.key_prefix}\t{state}")
+            hooks = " ".join(client.webhook_prefixes or []) or "-"
+            print(
+                f"{client.id}\t{client.name}\t{client.role}\t{client.key_prefix}\t{state}\t{hooks}"
+            )
     return 0
 
 
@@ -122,6 +140,32 @@ def _clients_rotate(args: argparse.Namespace) -> int:
         key = rotate_key(session, _named(session, args.name))
     print(f"client {args.name!r} has a new key (the old one no longer works), shown this once:")
     print(key)
+    return 0
+
+
+def _clients_webhooks(args: argparse.Namespace) -> int:
+    from idcscan.api.auth import set_webhook_prefixes
+    from idcscan.core.webhooks import CallbackRefused
+
+    try:
+        with _transaction() as session:
+            secret = set_webhook_prefixes(session, _named(session, args.name), args.prefixes)
+    except CallbackRefused as refused:
+        raise ValueError(str(refused)) from None
+    print(f"client {args.name!r} may name callbacks under {len(args.prefixes)} prefixes")
+    if secret is not None:
+        print("its webhook signing secret, shown this once:")
+        print(secret)
+    return 0
+
+
+def _clients_webhook_secret(args: argparse.Namespace) -> int:
+    from idcscan.api.auth import rotate_webhook_secret
+
+    with _transaction() as session:
+        secret = rotate_webhook_secret(session, _named(session, args.name))
+    print(f"client {args.name!r} has a new webhook secret (the old one no longer signs):")
+    print(secret)
     return 0
 
 

@@ -8,7 +8,9 @@ names one request: the job stores a fingerprint of what was asked (`request_fing
 retry that asks the same gets the first job back and one that asks something else is refused
 (422). It is
 race-safe through the unique index on (client_id, idempotency_key): the loser of a race catches
-the IntegrityError and answers with the winner's job.
+the IntegrityError and answers with the winner's job. A `callback_url` must be within the
+caller's webhook allow-list (`core/webhooks.py`), checked before anything is stored; a job shows
+its webhook's delivery (`webhook`) once it ended.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from idcscan.api.schemas import (
     JobQuery,
     ProblemOut,
     Progress,
+    WebhookOut,
     aware,
     spec,
 )
@@ -55,8 +58,8 @@ from idcscan.api.upload import (
     stage_shared_file,
 )
 from idcscan.broker import publish_job
-from idcscan.core import jobstate
-from idcscan.core.db import Job, Model, transaction, utcnow
+from idcscan.core import jobstate, webhooks
+from idcscan.core.db import Client, Job, Model, WebhookDelivery, transaction, utcnow
 from idcscan.core.errors import InvalidInput
 from idcscan.core.labels import parse_labels
 from idcscan.core.settings import Settings
@@ -67,7 +70,8 @@ log = logging.getLogger(__name__)
 PROBLEMS = {f"HTTP_{code}": ProblemOut for code in (401, 404, 429)}
 
 
-def job_out(job: Job) -> JobOut:
+def job_out(job: Job, delivery: WebhookDelivery | None = None) -> JobOut:
+    """A job as clients read it; `delivery` is its outbox row, once it ended (`with_webhook`)."""
     total = job.tiles_total
     return JobOut(
         id=job.id,
@@ -92,7 +96,37 @@ def job_out(job: Job) -> JobOut:
         updated_at=aware(job.updated_at),
         started_at=aware(job.started_at),
         finished_at=aware(job.finished_at),
+        webhook=_webhook_out(job, delivery),
     )
+
+
+def _webhook_out(job: Job, delivery: WebhookDelivery | None) -> WebhookOut | None:
+    if job.callback_url is None:
+        return None
+    if delivery is None:  # the job has not ended yet
+        return WebhookOut(
+            url=job.callback_url,
+            status="waiting",
+            attempts=0,
+            last_status_code=None,
+            last_error=None,
+            next_attempt_at=None,
+            delivered_at=None,
+        )
+    return WebhookOut(
+        url=delivery.url,
+        status=delivery.status,
+        attempts=delivery.attempts,
+        last_status_code=delivery.last_status_code,
+        last_error=delivery.last_error,
+        next_attempt_at=aware(delivery.next_attempt_at),
+        delivered_at=aware(delivery.delivered_at),
+    )
+
+
+def with_webhook(session: Session, job: Job) -> JobOut:
+    """`job_out` with the job's webhook delivery read from `session`."""
+    return job_out(job, session.get(WebhookDelivery, job.id))
 
 
 def own_job(session: Session, job_id: uuid.UUID) -> Job:
@@ -160,12 +194,14 @@ def submit() -> Any:
         try:
             requested = _id_field(upload.fields.get("model_id"), "model_id")
             mpp = _mpp_field(upload.fields.get("mpp"))
+            callback_url = _allowed_callback(upload.fields.get("callback_url") or None)
             labels = upload.files.get("labels")
             fingerprint = request_fingerprint(
                 slide_sha256=upload.files["slide"].sha256,
                 labels_sha256=labels.sha256 if labels else None,
                 mpp=mpp,
                 model_id=requested,
+                **_callback_asked(callback_url),
             )
             if (replayed := _replay(db, key, fingerprint)) is not None:
                 return replayed
@@ -175,11 +211,13 @@ def submit() -> Any:
             upload.discard()
     else:  # JSON, checked by `accepts` and validated by spectree
         body: JobByUri = request.context.json  # type: ignore[attr-defined]
+        callback_url = _allowed_callback(body.callback_url)
         fingerprint = request_fingerprint(
             slide_uri=body.slide_uri,
             labels_uri=body.labels_uri,
             mpp=body.mpp,
             model_id=body.model_id,
+            **_callback_asked(callback_url),
         )
         if (replayed := _replay(db, key, fingerprint)) is not None:
             return replayed
@@ -197,6 +235,7 @@ def submit() -> Any:
         idempotency_key=key,
         model_id=model_id,
         request_sha256=fingerprint,
+        callback_url=callback_url,
         # Published right after the commit below; if that fails the mark is taken back, and the
         # reconciler publishes the job at its next round (`jobstate.due_for_publish`).
         published_at=utcnow(),
@@ -234,12 +273,14 @@ def submit() -> Any:
     return _accepted(job, replayed=False)
 
 
-def _accepted(job: Job, replayed: bool) -> tuple[JobOut, int, dict[str, str]]:
+def _accepted(
+    job: Job, replayed: bool, delivery: WebhookDelivery | None = None
+) -> tuple[JobOut, int, dict[str, str]]:
     g.job_id = str(job.id)
     headers = {"Location": url_for("jobs.get_job", job_id=job.id)}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return job_out(job), 202, headers
+    return job_out(job, delivery), 202, headers
 
 
 def request_fingerprint(**asked: object) -> str:
@@ -247,6 +288,30 @@ def request_fingerprint(**asked: object) -> str:
     URI as given otherwise), the pixel size and the model. Two requests that ask the same agree."""
     canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _allowed_callback(url: str | None) -> str | None:
+    """The job's callback URL if the caller's webhook allow-list (set by an admin) allows it;
+    422 otherwise, before anything is stored."""
+    if url is None:
+        return None
+    with current_app.extensions["idcscan.db"]() as session:
+        client = session.get(Client, caller().id)
+        prefixes = client.webhook_prefixes if client is not None else None
+        secret = client.webhook_secret if client is not None else None
+    try:
+        if secret is None:
+            raise webhooks.CallbackRefused("no webhook allow-list is set for this client")
+        return webhooks.check_callback(url, prefixes)
+    except webhooks.CallbackRefused as refused:
+        # The reason is one of a few fixed texts; nothing of the URL is echoed back.
+        raise Problem(422, "callback-not-allowed", f"Refused: {refused}.") from None
+
+
+def _callback_asked(callback_url: str | None) -> dict[str, str]:
+    """The callback as part of the request's fingerprint; left out when none was named, so that
+    a request without one has the fingerprint it had before callbacks existed."""
+    return {"callback_url": callback_url} if callback_url else {}
 
 
 def _replay(
@@ -258,6 +323,7 @@ def _replay(
         return None
     with db() as session:
         existing = _by_key(session, key)
+        delivery = session.get(WebhookDelivery, existing.id) if existing is not None else None
     if existing is None:
         return None
     if existing.request_sha256 not in (None, fingerprint):
@@ -266,7 +332,7 @@ def _replay(
             "idempotency-key-reused",
             "This Idempotency-Key was sent before with a different request; use a new key.",
         )
-    return _accepted(existing, replayed=True)
+    return _accepted(existing, replayed=True, delivery=delivery)
 
 
 def _by_key(session: Session, key: str) -> Job | None:
@@ -376,7 +442,7 @@ def _prepare_uri(body: JobByUri, settings: Settings, store: BlobStore) -> Prepar
 def get_job(job_id: uuid.UUID) -> Any:
     """A job's status, progress (tiles done / total), timestamps and error."""
     with current_app.extensions["idcscan.db"]() as session:
-        return job_out(own_job(session, job_id))
+        return with_webhook(session, own_job(session, job_id))
 
 
 @bp.get("/jobs")
@@ -395,10 +461,11 @@ def list_jobs() -> Any:
     statement = statement.order_by(Job.created_at.desc(), Job.id.desc()).limit(query.limit + 1)
     with current_app.extensions["idcscan.db"]() as session:
         jobs = list(session.scalars(statement))
-    more = len(jobs) > query.limit
-    jobs = jobs[: query.limit]
+        more = len(jobs) > query.limit
+        jobs = jobs[: query.limit]
+        deliveries = webhooks.deliveries_of(session, [job.id for job in jobs])
     cursor = _encode_cursor(jobs[-1]) if more else None
-    return JobPage(jobs=[job_out(job) for job in jobs], next_cursor=cursor)
+    return JobPage(jobs=[job_out(job, deliveries.get(job.id)) for job in jobs], next_cursor=cursor)
 
 
 def _encode_cursor(job: Job) -> str:
@@ -436,4 +503,4 @@ def cancel_job(job_id: uuid.UUID) -> Any:
     with current_app.extensions["idcscan.db"]() as session:
         job = own_job(session, job_id)
         log.info("job cancelled", extra=logs.context())
-        return job_out(job)
+        return with_webhook(session, job)

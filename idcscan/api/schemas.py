@@ -29,8 +29,9 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 
 from idcscan import __version__
 from idcscan.api.problems import Problem
-from idcscan.core.db import JobStatus
+from idcscan.core.db import DeliveryStatus, JobStatus
 from idcscan.core.summary import SlideCall
+from idcscan.core.webhooks import MAX_URL_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,19 @@ class JobError(BaseModel):
     message: str | None
 
 
+class WebhookOut(BaseModel):
+    """The job's completion webhook: `waiting` until the job ends, then `pending` (being tried),
+    `delivered` or `failed` (given up after the last attempt)."""
+
+    url: str
+    status: Literal["waiting"] | DeliveryStatus
+    attempts: int
+    last_status_code: int | None = Field(description="The receiver's answer to the last try.")
+    last_error: str | None = Field(description="Why the last try did not deliver, if it did not.")
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
 class JobOut(BaseModel):
     id: uuid.UUID
     status: JobStatusName
@@ -169,6 +183,9 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    webhook: WebhookOut | None = Field(
+        description="The completion webhook, when the job named a callback_url; else null."
+    )
 
 
 class JobPage(BaseModel):
@@ -192,6 +209,12 @@ class JobByUri(BaseModel):
     labels_uri: PathLike | None = Field(default=None, max_length=PATH_MAX_BYTES)
     mpp: float | None = Field(default=None, gt=0, le=1000)
     model_id: DbId | None = None
+    callback_url: Printable | None = Field(
+        default=None,
+        max_length=MAX_URL_LENGTH,
+        description="Where to POST the signed job summary when the job ends (succeeded, failed "
+        "or cancelled); must start with a prefix of the client's webhook allow-list.",
+    )
 
 
 class SlideUpload(BaseModel):
@@ -203,6 +226,12 @@ class SlideUpload(BaseModel):
     )
     mpp: float | None = Field(default=None, gt=0, le=1000)
     model_id: DbId | None = None
+    callback_url: Printable | None = Field(
+        default=None,
+        max_length=MAX_URL_LENGTH,
+        description="Where to POST the signed job summary when the job ends (succeeded, failed "
+        "or cancelled); must start with a prefix of the client's webhook allow-list.",
+    )
 
 
 class IdempotencyHeader(BaseModel):
@@ -303,6 +332,9 @@ class ClientOut(BaseModel):
     key_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    webhook_allow: list[str] = Field(
+        description="URL prefixes this client's jobs may name as callback_url."
+    )
 
 
 class ClientList(BaseModel):
@@ -311,6 +343,24 @@ class ClientList(BaseModel):
 
 class ClientWithKey(ClientOut):
     key: str = Field(description="The new API key. Shown once; store it now.")
+
+
+class WebhooksIn(BaseModel):
+    """A client's webhook allow-list: the URL prefixes its jobs' `callback_url` must start with."""
+
+    model_config = ConfigDict(extra="forbid")
+    allow: list[Annotated[Printable, Field(min_length=1, max_length=MAX_URL_LENGTH)]] = Field(
+        max_length=50, description="http(s) URL prefixes; empty: the client names no callback."
+    )
+
+
+class WebhooksOut(BaseModel):
+    client_id: int
+    allow: list[str]
+    secret: str | None = Field(
+        description="The client's new webhook signing secret (`whsec_...`), shown this once: "
+        "when the allow-list is first set, or rotated. Null otherwise."
+    )
 
 
 class Health(BaseModel):

@@ -36,7 +36,7 @@ buffered whole."""
 MAX_FIELD_BYTES = 1024
 MAX_LABELS_BYTES = 64 * 1024**2
 FILE_FIELDS = ("slide", "labels")
-TEXT_FIELDS = ("mpp", "model_id")
+TEXT_FIELDS = ("mpp", "model_id", "callback_url")
 
 
 @dataclass
@@ -123,7 +123,7 @@ def receive_multipart(
                     raise Problem(
                         400,
                         "malformed-upload",
-                        "Unknown part; expected slide, labels, mpp, model_id.",
+                        "Unknown part; expected slide, labels, mpp, model_id, callback_url.",
                     )
                 elif isinstance(event, Data):
                     if sink is not None:

@@ -87,6 +87,15 @@ class ErrorKind(enum.StrEnum):
     INTERNAL = "internal"
 
 
+class DeliveryStatus(enum.StrEnum):
+    """Where a completion webhook stands: waiting for its next attempt, received (a 2xx), or
+    given up after the last attempt."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 class Role(enum.StrEnum):
     CLIENT = "client"
     ADMIN = "admin"
@@ -109,6 +118,12 @@ class Client(Base):
     role: Mapped[str] = mapped_column(String(16), default=Role.CLIENT.value)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    webhook_secret: Mapped[str | None] = mapped_column(String(64))
+    """Signs this client's completion webhooks (`whsec_...`); kept in clear, since signing needs
+    it. Null until an admin first sets the client's webhook allow-list."""
+    webhook_prefixes: Mapped[list[str] | None] = mapped_column(JSON)
+    """URL prefixes a job's `callback_url` must start with (set by an admin); null or empty:
+    this client's jobs name no callback."""
 
     @property
     def revoked(self) -> bool:
@@ -186,6 +201,36 @@ class Job(Base):
     published_at: Mapped[datetime | None]
     """When the id was last sent to the broker; null: never, or the publish failed. The
     reconciler re-publishes a queued job only once this is older than the visibility window."""
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    """Where the signed completion webhook goes (within the client's allow-list); null: none."""
+
+
+class WebhookDelivery(Base):
+    """The outbox: one completion webhook of a job, written in the transaction that ends the job
+    (`core/jobstate.py`) and sent by the deliverer (`worker/webhooks.py`). A row, not a message
+    in memory, so a delivery survives any process that dies."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(_in("status", DeliveryStatus), name="status"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    """A job ends once, so it has at most one delivery."""
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(32))
+    """`job.succeeded`, `job.failed` or `job.cancelled`."""
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    """When the deliverer may next try; also its claim on a try in flight. Null once over."""
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
 
 
 class TileScore(Base):

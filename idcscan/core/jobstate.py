@@ -16,6 +16,9 @@ Each move names the state it starts from in its WHERE clause, so two actors raci
 cannot both win: the loser's UPDATE changes no row, and it reads the state the winner left.
 Every terminal state clears the lease and sets `finished_at` (`ended`); only `succeeded` keeps
 results: `clears_results` says which statuses must leave no result rows and no result files.
+Every move into a terminal state also writes the job's completion webhook into the outbox
+(`announce`), in the same transaction: the job cannot end without its webhook row, nor the row
+exist for a job that did not end.
 """
 
 from __future__ import annotations
@@ -24,10 +27,19 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from idcscan.core.db import ConfusionStat, ErrorKind, Job, JobStatus, SlideResult, TileScore
+from idcscan.core.db import (
+    ConfusionStat,
+    DeliveryStatus,
+    ErrorKind,
+    Job,
+    JobStatus,
+    SlideResult,
+    TileScore,
+    WebhookDelivery,
+)
 
 UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # Tables holding a job's results; a job that did not succeed has no row in any of them.
@@ -56,6 +68,33 @@ def ended(status: JobStatus, now: datetime, **values: Any) -> dict[str, Any]:
         "updated_at": now,
         **values,
     }
+
+
+def announce(session: Session, job_ids: list[uuid.UUID], status: JobStatus, now: datetime) -> None:
+    """The outbox rows of jobs that just ended as `status`: one per job that names a callback,
+    due at once. Called by every move into a terminal state, inside its transaction."""
+    assert status.finished, status
+    if not job_ids:
+        return
+    callbacks = session.execute(
+        select(Job.id, Job.callback_url).where(Job.id.in_(job_ids), Job.callback_url.is_not(None))
+    ).all()
+    if callbacks:
+        session.execute(
+            insert(WebhookDelivery),
+            [
+                {
+                    "job_id": job_id,
+                    "url": url,
+                    "event": f"job.{status.value}",
+                    "status": DeliveryStatus.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for job_id, url in callbacks
+            ],
+        )
 
 
 def out_of_attempts(max_attempts: int, now: datetime) -> dict[str, Any]:
@@ -114,11 +153,15 @@ def claim(
         )
     )
     if not taken:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, claimable(now), Job.attempts >= max_attempts)
-            .values(**out_of_attempts(max_attempts, now))
+        spent = list(
+            session.scalars(
+                update(Job)
+                .where(Job.id == job_id, claimable(now), Job.attempts >= max_attempts)
+                .values(**out_of_attempts(max_attempts, now))
+                .returning(Job.id)
+            )
         )
+        announce(session, spent, JobStatus.FAILED, now)
     return taken
 
 
@@ -165,6 +208,7 @@ def finish(
         )
     ):
         return False
+    announce(session, [job_id], status, now)
     if clears_results(status) or status == JobStatus.SUCCEEDED:
         # Failed: nothing of it is kept. Succeeded: the caller writes the results next, and a
         # rerun replaces what an earlier attempt wrote, never adds to it.
@@ -206,6 +250,7 @@ def cancel(session: Session, job_id: uuid.UUID, *, now: datetime) -> bool:
     )
     if changed:
         clear_result_rows(session, job_id)
+        announce(session, [job_id], JobStatus.CANCELLED, now)
     return changed
 
 
@@ -222,6 +267,7 @@ def requeue_lost(
             .returning(Job.id)
         )
     )
+    announce(session, failed, JobStatus.FAILED, now)
     requeued = list(
         session.scalars(
             update(Job)

@@ -87,6 +87,34 @@ class Settings(BaseSettings):
     reconcile_interval_s: int = Field(
         default=30, ge=1, description="How often the reconciler re-publishes stuck jobs."
     )
+    webhook_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often the webhook deliverer (beside the reconciler) looks for "
+        "completion webhooks due.",
+    )
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="Time limit of one webhook POST (connect and each read), in seconds.",
+    )
+    webhook_max_attempts: int = Field(
+        default=12,
+        ge=1,
+        le=50,
+        description="Attempts a completion webhook gets before it is given up as `failed`.",
+    )
+    webhook_backoff_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Pause after a webhook's first failed attempt; it doubles after each one, "
+        "up to `IDCSCAN_WEBHOOK_BACKOFF_MAX_S` (the defaults spread 12 attempts over about 3.4 hours).",
+    )
+    webhook_backoff_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest pause between two attempts of a webhook."
+    )
     batch_size: int = Field(default=256, ge=1, description="Tiles per inference batch.")
     inference_threads: int = Field(
         default=0,

@@ -11,7 +11,8 @@ beside the worker in the embedded mode):
 Each change is one conditional UPDATE ... RETURNING in `idcscan.core.jobstate`, so concurrent
 reconcilers do not double up; duplicate messages are harmless anyway (a worker claims a job only
 once). A publish that fails is recorded, and the next round tries again.
-Every `GC_INTERVAL_S` it also collects storage garbage (`idcscan.core.storage_gc`).
+Every `GC_INTERVAL_S` it also collects storage garbage (`idcscan.core.storage_gc`), and a thread
+beside it sends the completion webhooks due (`idcscan.worker.webhooks`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from idcscan.core.db import (
 from idcscan.core.settings import Settings
 from idcscan.core.storage import Storage
 from idcscan.core.storage_gc import GC_INTERVAL_S, collect_garbage
+from idcscan.worker import webhooks
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,8 @@ def run_forever(
     settings: Settings, stop: threading.Event | None = None, gc_interval_s: float = GC_INTERVAL_S
 ) -> None:
     """Reconcile every `reconcile_interval_s` until `stop` is set, and collect storage garbage
-    every `gc_interval_s`; a failed round is logged, not fatal."""
+    every `gc_interval_s`; a failed round is logged, not fatal. Webhooks go out from a thread of
+    their own, every `webhook_poll_s`, so that a slow receiver never delays a round."""
     from idcscan.broker import publish_job, queue_depth
 
     stop = stop or threading.Event()
@@ -102,6 +105,13 @@ def run_forever(
     storage = Storage(settings.storage)
     collected_at: float | None = None  # the first round collects, then every gc_interval_s
     log.info("reconciler: every %d s", settings.reconcile_interval_s)
+    deliverer = threading.Thread(
+        target=webhooks.run_forever,
+        args=(settings, sessions, stop),
+        name="idcscan-webhooks",
+        daemon=True,  # a try cut short is safe: its claim runs out and it is sent again
+    )
+    deliverer.start()
     try:
         while not stop.wait(settings.reconcile_interval_s):
             try:
@@ -120,4 +130,6 @@ def run_forever(
                 except Exception:
                     log.exception("storage gc: round failed")
     finally:
+        stop.set()
+        deliverer.join(timeout=2)
         engine.dispose()

@@ -25,6 +25,7 @@ TABLES = {
     "slide_results",
     "confusion_stats",
     "audit_events",
+    "webhook_deliveries",
 }
 
 

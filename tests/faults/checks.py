@@ -13,7 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from idcscan.core import jobstate
-from idcscan.core.db import ConfusionStat, Job, JobStatus, SlideResult, TileScore
+from idcscan.core.db import (
+    ConfusionStat,
+    Job,
+    JobStatus,
+    SlideResult,
+    TileScore,
+    WebhookDelivery,
+)
 from idcscan.core.settings import Settings
 from idcscan.core.storage import Storage
 
@@ -26,7 +33,8 @@ def assert_consistent(
 ) -> None:
     """Every accepted job terminal; attempts within the cap; a succeeded job has exactly its
     tile rows (one per grid position) and one summary, any other none; no result files but
-    those of succeeded jobs; and, from the worker's log, no job succeeded twice."""
+    those of succeeded jobs; a job naming a callback has exactly one webhook of its ending in the
+    outbox; and, from the worker's log, no job succeeded twice."""
     storage = Storage(settings.storage)
     with sessions() as session:
         jobs = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(accepted)))}
@@ -44,12 +52,22 @@ def assert_consistent(
         stats = Counter(
             session.scalars(select(ConfusionStat.job_id).where(ConfusionStat.job_id.in_(accepted)))
         )
+        webhooks = {
+            row.job_id: row.event
+            for row in session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.job_id.in_(accepted))
+            )
+        }
     for job_id, job in jobs.items():
         status = JobStatus(job.status)
         assert status.finished, f"job {job_id} is still {status}"
         assert job.attempts <= settings.max_attempts, f"job {job_id}: {job.attempts} attempts"
         assert job.lease_owner is None and job.lease_expires_at is None, f"job {job_id} leased"
         has_files = storage.exists(jobstate.results_prefix(job_id))
+        if job.callback_url is not None:
+            assert webhooks.get(job_id) == f"job.{status}", f"job {job_id}: its webhook"
+        else:
+            assert job_id not in webhooks, f"job {job_id} has a webhook it did not ask for"
         if status == JobStatus.SUCCEEDED:
             assert tiles.get(job_id, 0) == job.tiles_total, f"job {job_id}: tile rows"
             assert summaries[job_id] == 1, f"job {job_id}: {summaries[job_id]} summaries"
