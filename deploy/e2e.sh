@@ -84,7 +84,7 @@ mkdir -p "$WORK/tls"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost -keyout "$WORK/tls/tls.key" -out "$WORK/tls/tls.crt" 2>/dev/null
 chmod 0644 "$WORK/tls/tls.key"  # read by nginx's master, as root, through a read-only mount
-export IDCSCAN_TLS_DIR=$WORK/tls POSTGRES_PASSWORD=$(openssl rand -hex 16)
+export IDCSCAN_TLS_DIR=$WORK/tls POSTGRES_PASSWORD=$(openssl rand -hex 16) IDCSCAN_SECRET_KEY=$(openssl rand -base64 48)
 
 # --- up, model, client, one slide through the proxy ---------------------------------------------
 say "up with the cpu profile"

@@ -31,8 +31,10 @@ def _client_key() -> str:
 
 
 def _unlimited() -> bool:
-    """Health checks, the OpenAPI document: probes and load balancers call them freely."""
-    return request.endpoint in auth.PUBLIC_ENDPOINTS
+    """Health checks, the OpenAPI document: probes and load balancers call them freely. Deep
+    zoom tiles too: a viewer asks for dozens at each zoom, each behind a signed link whose
+    signature is checked before anything else is done."""
+    return request.endpoint in auth.PUBLIC_ENDPOINTS or request.endpoint == "viewer.tile"
 
 
 def _limiter(settings: Settings, key: Callable[[], str], limit: str, counts: str) -> Limiter:
@@ -111,10 +113,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(_json_body_within_limit)
     app.after_request(_security_headers)
 
-    from idcscan.api import clients, jobs, models, ops, results, stats
+    from idcscan.api import clients, jobs, models, ops, results, stats, viewer, worklist
 
     ops.init_app(app)
-    for blueprint in (jobs.bp, results.bp, models.bp, stats.bp, clients.bp, ops.bp):
+    viewer.init_app(app)
+    for blueprint in (
+        jobs.bp,
+        results.bp,
+        worklist.bp,
+        viewer.links_bp,
+        models.bp,
+        stats.bp,
+        clients.bp,
+        ops.bp,
+        viewer.bp,
+    ):
         app.register_blueprint(blueprint)
     spec.register(app)
     return app

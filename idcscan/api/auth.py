@@ -155,6 +155,8 @@ def init_app(app: Flask) -> None:
             return
         if request.endpoint.startswith("openapi_"):  # spectree's own documentation pages
             return
+        if request.blueprint == "viewer":  # pages with no data, or a signed link (viewer.py)
+            return
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise _unauthorized("Send `Authorization: Bearer <key>`.")

@@ -39,7 +39,7 @@ ROWS_PER_FETCH = 5000
 RESULT_PROBLEMS = {"HTTP_409": ProblemOut, **PROBLEMS}
 
 
-def _result(job_id: uuid.UUID) -> tuple[Job, SlideResult]:
+def succeeded_result(job_id: uuid.UUID) -> tuple[Job, SlideResult]:
     with current_app.extensions["idcscan.db"]() as session:
         job = own_job(session, job_id)
         result = session.get(SlideResult, job.id)
@@ -57,7 +57,11 @@ def _result(job_id: uuid.UUID) -> tuple[Job, SlideResult]:
 @spec.validate(resp=Resp(HTTP_200=SlideResultOut, **RESULT_PROBLEMS), tags=["results"])
 def get_result(job_id: uuid.UUID) -> Any:
     """The slide summary; with labels, the confusion matrix at the model's threshold."""
-    job, result = _result(job_id)
+    return result_out(*succeeded_result(job_id))
+
+
+def result_out(job: Job, result: SlideResult) -> SlideResultOut:
+    """The answer of `/result` (the viewer shows and offers the same)."""
     with current_app.extensions["idcscan.db"]() as session:
         model = session.get(Model, result.model_id)
         stat = session.get(ConfusionStat, job.id)
@@ -83,7 +87,7 @@ def _tile_rows(job_id: uuid.UUID) -> Iterator[TileScore]:
         yield from session.scalars(statement)
 
 
-def _tiles_json(job_id: uuid.UUID) -> Iterator[bytes]:
+def tiles_json(job_id: uuid.UUID) -> Iterator[bytes]:
     yield b'{"job_id": "%s", "tiles": [' % str(job_id).encode()
     separator = b""
     for tile in _tile_rows(job_id):
@@ -96,7 +100,7 @@ def _columns(tile: TileScore) -> dict[str, Any]:
     return {name: getattr(tile, name) for name in tilerows.SCORE_COLUMNS}
 
 
-def _tiles_csv(job_id: uuid.UUID) -> Iterator[bytes]:
+def tiles_csv(job_id: uuid.UUID) -> Iterator[bytes]:
     return tilerows.csv_chunks(_columns(tile) for tile in _tile_rows(job_id))
 
 
@@ -115,19 +119,19 @@ def get_tiles(job_id: uuid.UUID) -> Any:
         query = TilesQuery.model_validate(request.args.to_dict())
     except ValidationError as exc:
         raise invalid_request(exc) from None
-    job, result = _result(job_id)
+    job, result = succeeded_result(job_id)
     wanted = query.format or (
         "csv"
         if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
         else "json"
     )
     if wanted == "csv":
-        body = _stored(result.tiles_csv_uri) if result.tiles_csv_uri else _tiles_csv(job.id)
+        body = stored_file(result.tiles_csv_uri) if result.tiles_csv_uri else tiles_csv(job.id)
         return Response(stream_with_context(body), mimetype="text/csv")
-    return Response(stream_with_context(_tiles_json(job.id)), mimetype="application/json")
+    return Response(stream_with_context(tiles_json(job.id)), mimetype="application/json")
 
 
-def _stored(uri: str | None) -> Iterator[bytes]:
+def stored_file(uri: str | None) -> Iterator[bytes]:
     """Chunks of a file the worker stored; opened before the response starts, so that a missing
     file is a 404 and not a broken stream."""
     if not uri:
@@ -149,13 +153,13 @@ def _stored(uri: str | None) -> Iterator[bytes]:
 @spec.validate(resp=Resp(**RESULT_PROBLEMS), tags=["results"], skip_validation=True)
 def get_heatmap(job_id: uuid.UUID) -> Any:
     """The IDC probability heatmap (PNG) to lay over the slide."""
-    _job, result = _result(job_id)
-    return Response(_stored(result.heatmap_uri), mimetype="image/png")
+    _job, result = succeeded_result(job_id)
+    return Response(stored_file(result.heatmap_uri), mimetype="image/png")
 
 
 @bp.get("/jobs/<uuid:job_id>/annotations.geojson")
 @spec.validate(resp=Resp(**RESULT_PROBLEMS), tags=["results"], skip_validation=True)
 def get_annotations(job_id: uuid.UUID) -> Any:
     """IDC regions as GeoJSON in level-0 pixel coordinates (QuPath imports them)."""
-    _job, result = _result(job_id)
-    return Response(_stored(result.geojson_uri), mimetype="application/geo+json")
+    _job, result = succeeded_result(job_id)
+    return Response(stored_file(result.geojson_uri), mimetype="application/geo+json")

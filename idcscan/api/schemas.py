@@ -31,7 +31,7 @@ from spectree import SecurityScheme, SecuritySchemeData, SpecTree
 from idcscan import __version__
 from idcscan.api.problems import Problem
 from idcscan.core.db import DeliveryStatus, JobStatus
-from idcscan.core.summary import SlideSummary, field_names
+from idcscan.core.summary import SlideCall, SlideSummary, field_names
 from idcscan.core.webhooks import MAX_URL_LENGTH
 
 log = logging.getLogger(__name__)
@@ -374,3 +374,52 @@ class WebhooksOut(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+WorklistSort = Literal["suspicion", "idc_area", "max_probability", "newest"]
+
+
+class WorklistQuery(BaseModel):
+    status: JobStatusName | None = None
+    since: DateTime | None = Field(default=None, description="Jobs submitted at or after.")
+    until: DateTime | None = Field(default=None, description="Jobs submitted before.")
+    sort: WorklistSort = Field(
+        default="suspicion",
+        description="`suspicion`: slide call (IDC first), then IDC area, then max probability; "
+        "or one of those alone; `newest`: by submission. Jobs without results follow, newest "
+        "first.",
+    )
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class WorklistSummary(BaseModel):
+    slide_call: SlideCall
+    idc_area_mm2: float
+    max_probability: float | None
+    idc_tiles: int
+    tissue_tiles: int
+    threshold: float
+    missed_idc: int | None = Field(
+        description="Labelled jobs: IDC tiles of the ground truth the model called negative."
+    )
+
+
+class WorklistItem(BaseModel):
+    rank: int = Field(description="1 is the most suspicious (or the first in `sort`).")
+    job: JobOut
+    summary: WorklistSummary | None = Field(description="Null until the job has succeeded.")
+    viewer_url: str | None = Field(
+        description="A signed link to the job's viewer, valid until `viewer_expires_at`; "
+        "null until the job has succeeded."
+    )
+
+
+class Worklist(BaseModel):
+    sort: WorklistSort
+    items: list[WorklistItem]
+    viewer_expires_at: datetime
+
+
+class ViewerLinkOut(BaseModel):
+    url: str = Field(description="Opens the job's viewer with no key; relative to the API.")
+    expires_at: datetime

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -147,6 +147,18 @@ class Settings(BaseSettings):
         description="Reverse proxies in front of the API whose X-Forwarded-For the API trusts "
         "for the client address (1 behind one proxy); 0 trusts none, so a forged header "
         "changes nothing.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key that signs the viewer's links (HMAC-SHA256); every API process must "
+        "have the same. Changing it ends every link given out. Default: a random key made once "
+        "in <data_dir>/secret_key.",
+    )
+    viewer_link_ttl_s: int = Field(
+        default=3600,
+        ge=60,
+        le=86400,
+        description="How long a viewer link minted by the API opens its job, in seconds.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of every idcscan process."

@@ -143,6 +143,15 @@ class Slide(ABC):
         Outside the slide (and where it is transparent) the region is white background.
         """
 
+    def deepzoom_source(self) -> Any:
+        """The slide as an `openslide.AbstractSlide`, which OpenSlide's DeepZoomGenerator tiles
+        (the API's viewer). Here level 0 decoded whole, which suits the flat readers (at most
+        `FLAT_IMAGE_MAX_PIXELS`); the OpenSlide reader hands over its own handle instead."""
+        import openslide
+
+        whole = self.read_region((0, 0), 0, self.dimensions)
+        return openslide.ImageSlide(Image.fromarray(whole))
+
     def close(self) -> None:  # noqa: B027 - readers without resources need nothing
         pass
 
@@ -260,6 +269,9 @@ class OpenSlideSlide(Slide):
         if region.getchannel("A").getextrema()[0] == 255:  # opaque: drop alpha in C
             return np.asarray(region.convert("RGB"))
         return _on_white(np.asarray(region))
+
+    def deepzoom_source(self) -> Any:
+        return self._osr
 
     def close(self) -> None:
         self._osr.close()
@@ -561,6 +573,9 @@ class _DownloadedSlide(Slide):
         self, location: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
         return self._inner.read_region(location, level, size)
+
+    def deepzoom_source(self) -> Any:
+        return self._inner.deepzoom_source()
 
     def close(self) -> None:
         self._inner.close()

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from idcscan.core import tilerows
+from idcscan.core.overlay import MISSED_COLOUR, colour_map, missed_idc, probability_rgba
 from idcscan.worker.pipeline import SlideScore
 
 HEATMAP = "heatmap.png"
@@ -23,24 +24,9 @@ GEOJSON = "annotations.geojson"
 TILES_CSV = "tiles.csv"
 SUMMARY = "summary.json"
 
-# Colour ramp of the probability (perceptually ordered: dark blue, teal, yellow, red).
-_RAMP = np.array(
-    [[49, 54, 149], [69, 117, 180], [116, 173, 209], [254, 224, 144], [244, 109, 67], [165, 0, 38]],
-    dtype=np.float32,
-)
-MISSED_COLOUR = (0, 230, 255)
-"""Cyan: IDC in the ground truth that the model called negative. Stands out against the ramp."""
 OVERLAY_ALPHA = 0.55
 MIN_PICTURE_SIDE = 720
 """Small slides are enlarged to this many pixels on their longer side, so a tile stays visible."""
-
-
-def colour_map(p: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] -> RGB uint8 along the ramp."""
-    position = np.clip(p, 0.0, 1.0) * (len(_RAMP) - 1)
-    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
-    frac = (position - low)[..., None]
-    return (_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac).astype(np.uint8)
 
 
 def heatmap_png(score: SlideScore) -> bytes:
@@ -51,16 +37,13 @@ def heatmap_png(score: SlideScore) -> bytes:
         size = (round(thumb.width * enlarge), round(thumb.height * enlarge))
         thumb = thumb.resize(size, Image.Resampling.BICUBIC)
     grid = score.probability_grid()
-    rgba = np.zeros((*grid.shape, 4), dtype=np.uint8)
-    scored = ~np.isnan(grid)
-    rgba[scored, :3] = colour_map(grid[scored])
-    rgba[scored, 3] = int(255 * OVERLAY_ALPHA)
     threshold = score.plan.spec.threshold
+    rgba = probability_rgba(
+        grid, score.label_grid, threshold, alpha=int(255 * OVERLAY_ALPHA), missed_alpha=230
+    )
     missed = None
     if score.label_grid is not None:
-        missed = (score.label_grid == 1) & ~(np.nan_to_num(grid, nan=0.0) >= threshold)
-        rgba[missed, :3] = MISSED_COLOUR
-        rgba[missed, 3] = 230
+        missed = missed_idc(grid, score.label_grid, threshold)
     overlay = Image.fromarray(rgba, "RGBA").resize(thumb.size, Image.Resampling.NEAREST)
     picture = thumb.convert("RGBA")
     picture.alpha_composite(overlay)

@@ -6,7 +6,9 @@ embedded SQLite database with its SQL broker, or PostgreSQL with Redis as the br
 
 from __future__ import annotations
 
+import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,3 +212,34 @@ def refused(
     assert "/tmp" not in response.text and "0x" not in response.text
     assert service.get("/healthz").status_code == 200
     return body
+
+
+@pytest.fixture
+def scoring_service(serve: Callable[[Settings], Service], service_settings: Settings) -> Service:
+    """The API with the reference model registered and active, for jobs a real JobRunner scores
+    (`score_job`): the viewer's and the worklist's tests need real tiles, slides and files."""
+    from idcscan.core.onnxmodel import reference_model
+    from idcscan.core.registry import register_model as register
+
+    register(reference_model(), activate=True, database=service_settings.database)
+    return serve(service_settings)
+
+
+def score_job(service: Service, key: str, slide: Path, name: str) -> str:
+    """Submit `slide` over HTTP and score it in this process with the worker's JobRunner."""
+    from idcscan.worker.jobs import JobRunner
+    from idcscan.worker.modelcache import ModelCache
+
+    response = service.submit(key, slide, name=name)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    runner = JobRunner(service.settings, service.db, ModelCache(service.settings, threads=1))
+    assert runner.run(uuid.UUID(job_id)) == "succeeded"
+    return str(job_id)
+
+
+def patient_zip(tmp_path: Path, patient: str = "8916") -> Path:
+    """A patient of samples/idc as the zip a client uploads (its labels are in the layout)."""
+    from tests.conftest import SAMPLE_PATIENTS
+
+    return Path(shutil.make_archive(str(tmp_path / patient), "zip", SAMPLE_PATIENTS, patient))

@@ -79,6 +79,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "IDCSCAN_TLS_DIR": str(tmp_path_factory.mktemp("tls")),
         "AWS_ACCESS_KEY_ID": "idcscan",
         "AWS_SECRET_ACCESS_KEY": "not-a-secret-either",
+        "IDCSCAN_SECRET_KEY": "not-a-secret-key",
     }
 
 
@@ -111,6 +112,7 @@ def test_every_profile_is_valid(filled: dict[str, str], profile: str) -> None:
     [
         ("POSTGRES_PASSWORD", "default"),
         ("IDCSCAN_TLS_DIR", "default"),
+        ("IDCSCAN_SECRET_KEY", "default"),
         ("AWS_ACCESS_KEY_ID", "s3"),
         ("AWS_SECRET_ACCESS_KEY", "s3"),
     ],
@@ -128,6 +130,7 @@ def test_example_env_leaves_the_secrets_empty() -> None:
         if line and not line.startswith("#")
     )
     assert example["POSTGRES_PASSWORD"] == "" and example["IDCSCAN_TLS_DIR"] == ""
+    assert example["IDCSCAN_SECRET_KEY"] == ""
 
 
 @pytest.mark.parametrize("profile", PROFILES)

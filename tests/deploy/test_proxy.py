@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -81,6 +82,7 @@ def proxied(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     rendered = rendered.replace("listen 8443 ssl;", f"listen 127.0.0.1:{proxy_port} ssl;")
     rendered = rendered.replace("/etc/nginx/certs/", f"{certs}/")
     prefix = tmp_path / "nginx"
+    rendered = rendered.replace("/var/log/nginx/", f"{prefix}/")
     prefix.mkdir()
     (prefix / "idcscan.conf").write_text(rendered)
     (prefix / "nginx.conf").write_text(
@@ -183,3 +185,14 @@ def test_an_upload_streams_through_to_the_api(proxied: tuple[str, str, Path]) ->
         )
     assert response.status_code == 202, response.text
     assert response.json()["slide_format"] == "aperio"
+
+
+def test_the_access_log_holds_no_path(proxied: tuple[str, str, Path], tmp_path: Path) -> None:
+    """A viewer link's token is in its path: the proxy's access lines leave paths out."""
+    url, _key, ca = proxied
+    canary = f"CANARY-{uuid.uuid4().hex}"
+    answer = requests.get(f"{url}/view/{canary}/job.json?q={canary}", verify=ca, timeout=10)
+    assert answer.status_code == 403
+    log = (tmp_path / "nginx" / "access.log").read_text()
+    assert '"GET" 403' in log
+    assert canary not in log and "/view/" not in log
