@@ -226,6 +226,28 @@ class SlideResultOut(BaseModel):
     level: int
     level_mpp: float
     effective_mpp: float
+    in_distribution: bool | None = Field(
+        description="False when the slide's stain lies outside the training data's (the call is "
+        "then `indeterminate`); null for results stored before the check existed."
+    )
+    ood_reason: str | None = Field(description="Why the slide is out of distribution, in words.")
+    haematoxylin_od: float | None = Field(
+        description="Mean haematoxylin optical density of the tissue tiles (Ruifrok-Johnston)."
+    )
+    haematoxylin_od_sd: float | None = Field(
+        description="Mean spread (sd) of the haematoxylin density inside a tile."
+    )
+    eosin_od: float | None = Field(description="Mean eosin optical density of the tissue tiles.")
+    eosin_od_sd: float | None = Field(
+        description="Mean spread (sd) of the eosin density inside a tile."
+    )
+    far_tile_fraction: float | None = Field(
+        description="Share of tissue tiles outside the region holding 99% of the training tiles."
+    )
+    stain_distance: float | None = Field(
+        description="Mahalanobis distance of the slide's H and E spread from the training "
+        "patients'; over the model's limit, the slide is out of distribution."
+    )
     confusion: dict[str, float | int] | None = Field(
         description="tp/fp/tn/fn and derived figures, missed IDC first; null without labels."
     )

@@ -196,7 +196,7 @@ def test_geojson_regions_cover_exactly_the_idc_tiles(assembled: Path, tiny_model
 
 def test_prefetch_raises_the_readers_error_and_stops() -> None:
     def failing():  # type: ignore[no-untyped-def]
-        yield Batch(np.zeros(1), np.zeros(1), np.zeros(1))
+        yield Batch(np.zeros(1), np.zeros(1), np.zeros(1), np.zeros((1, 4)))
         raise InvalidInput("decoder said no", "truncated-slide")
 
     seen = []
