@@ -112,9 +112,12 @@ def test_a_reference_needs_patients() -> None:
         reference_from_patients({"a": tile_features(typical(np.random.default_rng(4), 5))})
 
 
-def test_the_reference_model_flags_pure_eosin() -> None:
+def test_the_reference_models_own_reference_flags_pure_eosin_not_typical_he() -> None:
     reference = read_manifest(reference_model()).stain
     assert reference is not None and reference.training["patients"] == 234
     check = check_slide(tile_features(pure_eosin(20)), reference)
     assert not check.in_distribution
     assert check.far_tile_fraction == 1.0
+    assert check_slide(
+        tile_features(typical(np.random.default_rng(5), 20)), reference
+    ).in_distribution
