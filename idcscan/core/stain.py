@@ -59,6 +59,9 @@ PIXEL_STEP = 2
 """Every second pixel of every second row: a quarter of the pixels (625 of a 50 px tile) gives
 the same means and spreads to within noise, at a quarter of the cost."""
 
+MIN_PATIENTS = 3
+"""Fewer patients give no covariance of their means to measure a distance with."""
+
 FEATURES = ("haematoxylin_od", "eosin_od", "haematoxylin_od_sd", "eosin_od_sd")
 SPREAD = [2, 3]
 """The features whose slide means make the stain distance: the within-tile spreads."""
@@ -211,8 +214,10 @@ def reference_from_patients(features: Mapping[str, np.ndarray]) -> StainReferenc
     them (models/MODEL_CARD.md)."""
     measured = {p: f[~np.isnan(f).any(axis=1)] for p, f in features.items()}
     measured = {p: f for p, f in measured.items() if len(f)}
-    if len(measured) < 3:
-        raise ValueError("a stain reference needs at least three patients with stained tiles")
+    if len(measured) < MIN_PATIENTS:
+        raise ValueError(
+            f"a stain reference needs at least {MIN_PATIENTS} patients with stained tiles"
+        )
     tiles = np.concatenate(list(measured.values()))
     tile_mean = tiles.mean(axis=0)
     tile_inverse = _inverse_covariance(tiles)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from idcscan.core.stain import MIN_PATIENTS
     from idcscan.trainer.data import load_patches
     from idcscan.trainer.export import export_run
     from idcscan.trainer.stain import reference_of_folder
@@ -130,9 +132,18 @@ def _export(args: argparse.Namespace) -> int:
         patches = load_patches(Path(args.data))
     else:
         patches = load_patches(root, metrics["split"]["val"])
-    # The stain reference of the patients it trained on, where their folder is at hand.
+    # The stain reference of the patients it trained on, where their folder is at hand and they
+    # are enough to measure one; without it the model flags no slide.
     train_patients = metrics["split"]["train"]
-    stain = reference_of_folder(root, train_patients) if root.is_dir() else None
+    stain = None
+    if root.is_dir() and len(train_patients) >= MIN_PATIENTS:
+        stain = reference_of_folder(root, train_patients)
+    else:
+        print(
+            f"no stain reference: {len(train_patients)} training patients under {root} "
+            f"(at least {MIN_PATIENTS} needed); add one with `idcscan models stain-reference`",
+            file=sys.stderr,
+        )
     summary = export_run(
         run, Path(args.out), patches.tiles, patches.labels, int8=args.int8, stain=stain
     )
@@ -195,7 +206,12 @@ def _models_stain_reference(args: argparse.Namespace) -> int:
     from idcscan.core.onnxmodel import read_manifest
     from idcscan.trainer.stain import reference_of_folder, write_reference
 
-    read_manifest(args.model)  # an idcscan model, or a clear error before any work
+    try:  # an idcscan model, or a clear error before any work
+        read_manifest(args.model)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # onnxruntime's load errors share no narrower base class
+        raise ValueError(f"{args.model} is not an ONNX model onnxruntime can load") from exc
     reference = reference_of_folder(args.data, args.patients)
     write_reference(args.model, reference)
     training = reference.training
