@@ -127,6 +127,8 @@ def test_confusion_statistics_by_model_and_period(service: Service) -> None:
     result = service.get(f"/v1/jobs/{job_a}/result", key).json()
     assert result["confusion"]["tp"] == 5
     assert result["model_version"] == "test-1"
+    # A result stored without the stain check (as before revision 0005) says so: null, not true.
+    assert result["in_distribution"] is None and result["stain_distance"] is None
     tiles = service.get(f"/v1/jobs/{job_a}/tiles", key, params={"format": "csv"})
     assert tiles.text == "row,col,x,y,probability,label\n"  # no tile rows were written here
     missing = service.get(f"/v1/jobs/{job_a}/heatmap.png", key)
