@@ -108,7 +108,7 @@ def test_without_a_reference_nothing_is_flagged() -> None:
 
 
 def test_a_reference_needs_patients() -> None:
-    with pytest.raises(ValueError, match="three patients"):
+    with pytest.raises(ValueError, match="at least 3 patients"):
         reference_from_patients({"a": tile_features(typical(np.random.default_rng(4), 5))})
 
 

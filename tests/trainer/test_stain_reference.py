@@ -59,7 +59,7 @@ def test_bad_input_is_one_line_and_leaves_the_model_alone(
         shutil.copytree(SAMPLE_PATIENTS / patient, two / patient)
     assert cli(["models", "stain-reference", str(model), "--data", str(two)]) == 2
     assert capsys.readouterr().err.strip() == (
-        "idcscan: error: a stain reference needs at least three patients with stained tiles"
+        "idcscan: error: a stain reference needs at least 3 patients with stained tiles"
     )
     assert cli(["models", "stain-reference", str(model), "--data", str(tmp_path / "none")]) == 2
     assert "no such dataset folder" in capsys.readouterr().err
