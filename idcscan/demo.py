@@ -211,6 +211,14 @@ def _report(client: Client, slides: list[DemoSlide], out: Path) -> bool:
             f"level {result['level']} at {result['level_mpp']:.3g} µm/px → {result['effective_mpp']:.3g} µm/px",
         )
         table.add_row("model", f"{result['model_version']} (threshold {result['threshold']:.2f})")
+        if result["in_distribution"] is False:
+            table.add_row(
+                "stain", f"[yellow]unlike the training data[/yellow]: {result['ood_reason']}"
+            )
+        elif result["stain_distance"] is not None:
+            table.add_row(
+                "stain", f"like the training data (distance {result['stain_distance']:.2f})"
+            )
         confusion = result["confusion"]
         if confusion:
             table.add_row("missed IDC tiles (fn)", str(confusion["missed_idc"]))

@@ -36,6 +36,11 @@ def test_the_demo_runs_end_to_end_with_the_reference_model(tmp_path: Path) -> No
         result = json.loads((out / patient / "result.json").read_text())
         assert result["slide_call"] == "idc", result  # both patients have IDC
         assert result["confusion"]["tp"] > 0
+        assert result["in_distribution"] is True, result
+    skin = json.loads((out / "CMU-1-Small-Region" / "result.json").read_text())
+    # Not breast: its stain lies outside the training data's, so no IDC call is made on it.
+    assert skin["in_distribution"] is False and skin["slide_call"] == "indeterminate", skin
+    assert "unlike the training data" in done.stdout
     assert done.stdout.count("missed IDC tiles") == 2  # the two labelled patients
     assert "idc-resnet18" in done.stdout  # the reference model, not a stand-in
     assert "stopping the API and the worker" in done.stdout

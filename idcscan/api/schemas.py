@@ -402,6 +402,11 @@ class WorklistSummary(BaseModel):
     missed_idc: int | None = Field(
         description="Labelled jobs: IDC tiles of the ground truth the model called negative."
     )
+    in_distribution: bool | None = Field(
+        description="False when the slide's stain lies outside the training data's (the call is "
+        "then `indeterminate`); null for results stored before the check existed."
+    )
+    ood_reason: str | None = Field(description="Why the slide is out of distribution, in words.")
 
 
 class WorklistItem(BaseModel):

@@ -34,8 +34,15 @@ from idcscan.core.summary import SlideCall
 
 bp = Blueprint("worklist", __name__, url_prefix="/v1")
 
-CALL_RANK = {SlideCall.IDC: 0, SlideCall.NO_IDC: 1, SlideCall.NO_TISSUE: 2}
-"""Which slide calls are read first. A call missing here ranks after these, before no result."""
+CALL_RANK = {
+    SlideCall.IDC: 0,
+    SlideCall.INDETERMINATE: 1,
+    SlideCall.NO_IDC: 2,
+    SlideCall.NO_TISSUE: 3,
+}
+"""Which slide calls are read first: IDC, then the slides the model cannot judge (stained unlike
+its training data: a pathologist must read them), then the rest. A call missing here ranks after
+these, before no result."""
 
 
 def _suspicion_order(sort: str) -> list[ColumnElement[Any]]:
@@ -90,6 +97,8 @@ def _summary(result: SlideResult, missed: int | None) -> WorklistSummary:
         tissue_tiles=result.tissue_tiles,
         threshold=result.threshold,
         missed_idc=missed,
+        in_distribution=result.in_distribution,
+        ood_reason=result.ood_reason,
     )
 
 

@@ -274,6 +274,16 @@ class SlideResult(Base):
     slide_call: Mapped[str] = mapped_column(String(32))
     call_rule: Mapped[str] = mapped_column(Text)
     threshold: Mapped[float] = mapped_column(Float)
+    in_distribution: Mapped[bool | None]
+    """False when the slide's stain lies outside the training data's (`core/stain.py`); null for
+    results stored before the check existed."""
+    ood_reason: Mapped[str | None] = mapped_column(Text)
+    haematoxylin_od: Mapped[float | None] = mapped_column(Float)
+    haematoxylin_od_sd: Mapped[float | None] = mapped_column(Float)
+    eosin_od: Mapped[float | None] = mapped_column(Float)
+    eosin_od_sd: Mapped[float | None] = mapped_column(Float)
+    far_tile_fraction: Mapped[float | None] = mapped_column(Float)
+    stain_distance: Mapped[float | None] = mapped_column(Float)
     heatmap_uri: Mapped[str | None] = mapped_column(Text)
     geojson_uri: Mapped[str | None] = mapped_column(Text)
     tiles_csv_uri: Mapped[str | None] = mapped_column(Text)

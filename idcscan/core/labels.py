@@ -142,9 +142,12 @@ class _Raster:
         draw = ImageDraw.Draw(image)
         s = self.scale
         for r in rects:
-            x0, y0 = r.x * s, r.y * s
-            x1, y1 = (r.x + r.width) * s, (r.y + r.height) * s
-            draw.rectangle((round(x0), round(y0), round(x1) - 1, round(y1) - 1), fill=1)
+            x0, y0 = round(r.x * s), round(r.y * s)
+            x1, y1 = round((r.x + r.width) * s), round((r.y + r.height) * s)
+            # A sliver thinner than a raster pixel (a dataset's edge patch) rounds to nothing:
+            # it covers no tile, and Pillow refuses an inverted rectangle.
+            if x1 > x0 and y1 > y0:
+                draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=1)
         for rings in polygons:
             for i, ring in enumerate(rings):
                 if len(ring) >= 3:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from idcscan.core.stain import StainReference
 from idcscan.core.tiles import TileSpec, to_model_input
 
 INPUT_NAME = "tiles"
@@ -41,10 +42,11 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 @dataclass(frozen=True)
 class ModelManifest:
-    """What an ONNX file says about itself: contract plus identity."""
+    """What an ONNX file says about itself: contract, identity and the training data's stain."""
 
     spec: TileSpec
     identity: dict[str, Any]
+    stain: StainReference | None = None
 
     @property
     def version(self) -> str:
@@ -57,7 +59,11 @@ class ModelManifest:
     @classmethod
     def from_metadata(cls, metadata: dict[str, str]) -> ModelManifest:
         identity = json.loads(metadata.get(IDENTITY_KEY, "{}"))
-        return cls(spec=TileSpec.from_metadata(metadata), identity=identity)
+        return cls(
+            spec=TileSpec.from_metadata(metadata),
+            identity=identity,
+            stain=StainReference.from_metadata(metadata),
+        )
 
 
 def providers_for(choice: str) -> list[str]:

@@ -14,6 +14,9 @@ class SlideCall(enum.StrEnum):
     IDC = "idc"
     NO_IDC = "no_idc"
     NO_TISSUE = "no_tissue"
+    INDETERMINATE = "indeterminate"
+    """The slide's stain lies outside the training data's (`in_distribution` false): its IDC
+    figures are shown but not trusted enough for a call."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,21 @@ class SlideSummary:
     """Pyramid level read (0 = full resolution)."""
     level_mpp: float
     effective_mpp: float
+    in_distribution: bool | None = True
+    """False when the slide's stain lies outside the training data's (`core.stain`); true also
+    when the model carries no stain reference to compare with; None for results stored before
+    the check existed."""
+    ood_reason: str | None = None
+    """Why it is out of distribution, in words."""
+    haematoxylin_od: float | None = None
+    """Mean haematoxylin optical density of the tissue tiles (Ruifrok-Johnston deconvolution)."""
+    haematoxylin_od_sd: float | None = None
+    eosin_od: float | None = None
+    eosin_od_sd: float | None = None
+    far_tile_fraction: float | None = None
+    """Share of tissue tiles outside the region holding 99% of the training tiles' stain."""
+    stain_distance: float | None = None
+    """Mahalanobis distance of the slide's mean stain from the training patients' means."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON values (the call as its name)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,22 @@ def register(subparsers: Any) -> None:
     )
     reg.add_argument("--activate", action="store_true", help="make it the active model")
     reg.set_defaults(func=_models_register)
+    stain = models_sub.add_parser(
+        "stain-reference",
+        help="compute the training data's stain reference from a dataset folder and write it "
+        "into an exported model's metadata (no retraining)",
+    )
+    stain.add_argument("model", type=Path, help="ONNX model file exported by idcscan, rewritten")
+    stain.add_argument(
+        "--data", type=Path, required=True, help="folder in the layout <patient>/<0|1>/*.png"
+    )
+    stain.add_argument(
+        "--patients",
+        nargs="+",
+        default=None,
+        help="the patients the model trained on (default: every patient of the folder)",
+    )
+    stain.set_defaults(func=_models_stain_reference)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -100,19 +117,36 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from idcscan.core.stain import MIN_PATIENTS
     from idcscan.trainer.data import load_patches
     from idcscan.trainer.export import export_run
+    from idcscan.trainer.stain import reference_of_folder
 
     run = Path(args.run)
     metrics_path = run / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(f"{run} is not a finished training run (no metrics.json)")
+    metrics = json.loads(metrics_path.read_text())
+    root = Path(metrics["data"]["root"])
     if args.data is not None:
         patches = load_patches(Path(args.data))
     else:
-        metrics = json.loads(metrics_path.read_text())
-        patches = load_patches(Path(metrics["data"]["root"]), metrics["split"]["val"])
-    summary = export_run(run, Path(args.out), patches.tiles, patches.labels, int8=args.int8)
+        patches = load_patches(root, metrics["split"]["val"])
+    # The stain reference of the patients it trained on, where their folder is at hand and they
+    # are enough to measure one; without it the model flags no slide.
+    train_patients = metrics["split"]["train"]
+    stain = None
+    if root.is_dir() and len(train_patients) >= MIN_PATIENTS:
+        stain = reference_of_folder(root, train_patients)
+    else:
+        print(
+            f"no stain reference: {len(train_patients)} training patients under {root} "
+            f"(at least {MIN_PATIENTS} needed); add one with `idcscan models stain-reference`",
+            file=sys.stderr,
+        )
+    summary = export_run(
+        run, Path(args.out), patches.tiles, patches.labels, int8=args.int8, stain=stain
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -164,5 +198,29 @@ def _models_register(args: argparse.Namespace) -> int:
     print(
         f"registered model {row['id']}: {row['version']} ({row['architecture']})"
         + (", active" if row["active"] else "")
+    )
+    return 0
+
+
+def _models_stain_reference(args: argparse.Namespace) -> int:
+    from idcscan.core.onnxmodel import read_manifest
+    from idcscan.trainer.stain import reference_of_folder, write_reference
+
+    try:  # an idcscan model, or a clear error before any work
+        read_manifest(args.model)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # onnxruntime's load errors share no narrower base class
+        raise ValueError(f"{args.model} is not an ONNX model onnxruntime can load") from exc
+    reference = reference_of_folder(args.data, args.patients)
+    write_reference(args.model, reference)
+    training = reference.training
+    print(
+        f"{args.model}: stain reference of {training['patients']} patients "
+        f"({training['tiles']} stained tiles); limits: stain distance "
+        f"{reference.max_stain_distance:.2f} (training largest "
+        f"{training['stain_distance']['max']:.2f}), far-tile share "
+        f"{reference.max_far_tile_fraction:.1%} (training largest "
+        f"{training['far_tile_fraction']['max']:.1%})"
     )
     return 0

@@ -310,12 +310,20 @@ def finalize(
 ) -> tuple[str, dict[str, Any], Any]:
     """The inference variants of the best configuration (TTA by cross-validation, the fold
     ensemble), exported and timed; the chosen one copied to `OUT/best.onnx`."""
+    from idcscan.core.stain import MIN_PATIENTS
     from idcscan.trainer.export import load_run
+    from idcscan.trainer.stain import reference_of, write_reference
     from idcscan.trainer.variants import choose_variant, export_variants, tta_cross_validation
 
     val_set = patches.of_patients(splits[best_fold].val)
+    # The stain reference: every patient the comparison trained, validated or held out a fold
+    # on (not the set-aside test patients).
+    seen = sorted({p for s in splits for p in (*s.train, *s.val, *s.test)})
+    stain = reference_of(patches.of_patients(seen)) if len(seen) >= MIN_PATIENTS else None
     if len(runs) == 1:  # one split: no folds to ensemble, no folds to cross-validate TTA on
-        summary = export_run(runs[0], out / "best.onnx", val_set.tiles, val_set.labels, args.int8)
+        summary = export_run(
+            runs[0], out / "best.onnx", val_set.tiles, val_set.labels, args.int8, stain
+        )
         return "tta-1", {"tta-1": summary}, load_run(runs[0])[0]
     tta = tta_cross_validation(runs, splits, patches, args.threshold_rule, args.min_sensitivity)
     # The ensemble's threshold: the rule applied to the members' pooled held-out probabilities
@@ -334,6 +342,8 @@ def finalize(
         variants[f"tta-{views}"]["cv"] = summary
     shipped = choose_variant(tta, variants)
     shutil.copyfile(variants[shipped]["onnx"], out / "best.onnx")
+    if stain is not None:
+        write_reference(out / "best.onnx", stain)
     if args.int8:
         variants["int8"] = export_run(
             runs[best_fold], out / "single.onnx", val_set.tiles, val_set.labels, int8=True

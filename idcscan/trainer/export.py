@@ -1,4 +1,5 @@
-"""ONNX export of a trained run: the I/O contract, the tile contract and identity in the metadata.
+"""ONNX export of a trained run: the I/O contract, the tile contract, identity and the training
+data's stain reference (`core/stain.py`) in the metadata.
 
 The exported graph is `ProbabilityHead(network)`: input `tiles` float32 (N, 3, H, W) with a
 dynamic batch, output `idc_probability` float32 (N,). Every export is checked against torch on
@@ -22,6 +23,7 @@ import torch
 
 from idcscan.core.metrics import Confusion
 from idcscan.core.onnxmodel import IDENTITY_KEY, INPUT_NAME, OUTPUT_NAME, OnnxModel
+from idcscan.core.stain import StainReference
 from idcscan.core.tiles import TileSpec, to_model_input
 from idcscan.trainer.models import ProbabilityHead, build_model
 
@@ -105,7 +107,13 @@ def set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def to_onnx(model: torch.nn.Module, path: Path, spec: TileSpec, ident: dict[str, Any]) -> None:
+def to_onnx(
+    model: torch.nn.Module,
+    path: Path,
+    spec: TileSpec,
+    ident: dict[str, Any],
+    stain: StainReference | None = None,
+) -> None:
     dummy = torch.zeros(2, 3, spec.tile_size, spec.tile_size)
     # The TorchScript exporter, deliberately: these graphs have no control flow, it needs no
     # extra package (the torch.export-based one needs onnxscript), and its dynamic batch axis
@@ -123,7 +131,10 @@ def to_onnx(model: torch.nn.Module, path: Path, spec: TileSpec, ident: dict[str,
             dynamo=False,
         )
     proto = onnx.load(str(path))
-    set_metadata(proto, {**spec.to_metadata(), IDENTITY_KEY: json.dumps(ident, sort_keys=True)})
+    entries = {**spec.to_metadata(), IDENTITY_KEY: json.dumps(ident, sort_keys=True)}
+    if stain is not None:
+        entries.update(stain.to_metadata())
+    set_metadata(proto, entries)
     proto.doc_string = f"idcscan IDC classifier {ident['version']}"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
@@ -187,14 +198,15 @@ def export_graph(
     tiles: np.ndarray,
     labels: np.ndarray | None = None,
     int8: bool = False,
+    stain: StainReference | None = None,
 ) -> dict[str, Any]:
     """Export `model` (tiles in, IDC probability out) to `out`, check it against torch on
-    `tiles`; maybe add an INT8 variant."""
+    `tiles`; maybe add an INT8 variant. `stain`: the training patches' stain reference."""
     if len(tiles) == 0:
         raise ValueError("the parity check needs real patches")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    to_onnx(model, out, spec, ident)
+    to_onnx(model, out, spec, ident, stain)
 
     expected = torch_probabilities(model, tiles, spec)
     got = OnnxModel(out, provider="cpu").predict(tiles)
@@ -234,12 +246,14 @@ def export_run(
     tiles: np.ndarray,
     labels: np.ndarray | None = None,
     int8: bool = False,
+    stain: StainReference | None = None,
 ) -> dict[str, Any]:
-    """Export a run's best model to `out`, check it against torch on `tiles`; maybe add INT8."""
+    """Export a run's best model to `out`, check it against torch on `tiles`; maybe add INT8.
+    `stain`: the stain reference of the patches it trained on."""
     model, metrics = load_run(run)
     version = model_version(model, metrics)
     spec = run_spec(metrics, version)
-    return export_graph(model, out, spec, identity(version, metrics), tiles, labels, int8)
+    return export_graph(model, out, spec, identity(version, metrics), tiles, labels, int8, stain)
 
 
 def run_spec(metrics: dict[str, Any], version: str, threshold: float | None = None) -> TileSpec:

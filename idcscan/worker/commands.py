@@ -114,6 +114,13 @@ def _score(args: argparse.Namespace) -> int:
             f"level {summary['level']} at {summary['level_mpp']:.3g} um/px -> {summary['effective_mpp']:.3g}; "
             f"{elapsed:.2f} s; outputs in {out}/"
         )
+        if not summary["in_distribution"]:
+            print(f"out of distribution: {summary['ood_reason']}")
+        elif summary["stain_distance"] is not None:
+            print(
+                f"in distribution: stain distance {summary['stain_distance']:.2f}, "
+                f"{summary['far_tile_fraction']:.0%} of tiles far from the training stain"
+            )
         if summary["confusion"]:
             c = summary["confusion"]
             print(

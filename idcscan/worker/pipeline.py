@@ -23,6 +23,8 @@ import numpy as np
 from idcscan.core.metrics import Confusion
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.slides import Slide
+from idcscan.core.stain import FEATURES as STAIN_FEATURES
+from idcscan.core.stain import StainCheck, check_slide, tile_features
 from idcscan.core.summary import SlideCall, SlideSummary
 from idcscan.core.tiles import to_model_input
 from idcscan.worker.tiling import (
@@ -47,6 +49,8 @@ class Batch:
     rows: np.ndarray
     cols: np.ndarray
     model_input: np.ndarray
+    stain: np.ndarray
+    """float32 (n, 4): each tile's H and E optical density and spread (`core.stain`)."""
 
 
 def _batches(
@@ -67,7 +71,11 @@ def _batches(
         tiles = (
             pending[0].tiles if len(pending) == 1 else np.concatenate([b.tiles for b in pending])
         )
-        batch = Batch(rows[:n], cols[:n], to_model_input(tiles[:n], plan.spec))
+        # The stain figures are taken here, in the reader thread, beside the preprocessing:
+        # they cost no inference time.
+        batch = Batch(
+            rows[:n], cols[:n], to_model_input(tiles[:n], plan.spec), tile_features(tiles[:n])
+        )
         rest = tiles[n:]
         pending = [TileBlock(rows=rows[n:], cols=cols[n:], tiles=rest)] if len(rest) else []
         count = len(rest)
@@ -150,6 +158,8 @@ class SlideScore:
     cols: np.ndarray
     probability: np.ndarray
     summary: SlideSummary
+    stain: np.ndarray | None = None
+    """float32 (n, 4) per scored tile: `core.stain.tile_features` (NaN where too little stain)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Where the time went: tissue_mask; tiles (reading and inference, overlapped); read (the
     reader thread's work: regions read, resampled, cut, preprocessed); inference (session.run);
@@ -180,8 +190,13 @@ class SlideScore:
         return grid
 
 
-def summarise(plan: TilePlan, probability: np.ndarray) -> SlideSummary:
-    """The slide summary; the slide call follows the model's own rule (its tile contract)."""
+def summarise(
+    plan: TilePlan, probability: np.ndarray, stain: StainCheck | None = None
+) -> SlideSummary:
+    """The slide summary; the slide call follows the model's own rule (its tile contract), and is
+    `indeterminate` where the slide's stain lies outside the training data's (`core.stain`)."""
+    if stain is None:
+        stain = check_slide(np.empty((0, len(STAIN_FEATURES)), dtype=np.float32), None)
     threshold = plan.spec.threshold
     min_area = plan.spec.slide_min_idc_mm2
     tissue_tiles = int(probability.size)
@@ -189,6 +204,8 @@ def summarise(plan: TilePlan, probability: np.ndarray) -> SlideSummary:
     idc_area = idc_tiles * plan.tile_area_mm2
     if tissue_tiles == 0:
         call = SlideCall.NO_TISSUE
+    elif not stain.in_distribution:
+        call = SlideCall.INDETERMINATE
     elif idc_tiles > 0 and idc_area >= min_area:
         call = SlideCall.IDC
     else:
@@ -204,12 +221,20 @@ def summarise(plan: TilePlan, probability: np.ndarray) -> SlideSummary:
         call_rule=(
             f"idc when at least {min_area:g} mm2 of tissue ({plan.spec.tile_um:g} um tiles) has "
             f"an IDC probability >= {threshold:g}; no_tissue when no tile holds tissue; "
-            "else no_idc"
+            "indeterminate when its stain lies outside the training data's; else no_idc"
         ),
         threshold=threshold,
         level=plan.level,
         level_mpp=plan.level_mpp,
         effective_mpp=plan.effective_mpp,
+        in_distribution=stain.in_distribution,
+        ood_reason=stain.reason,
+        haematoxylin_od=stain.haematoxylin_od,
+        haematoxylin_od_sd=stain.haematoxylin_od_sd,
+        eosin_od=stain.eosin_od,
+        eosin_od_sd=stain.eosin_od_sd,
+        far_tile_fraction=stain.far_tile_fraction,
+        stain_distance=stain.stain_distance,
     )
 
 
@@ -235,6 +260,7 @@ def score_slide(
     rows = np.empty(total, dtype=np.int32)
     cols = np.empty(total, dtype=np.int32)
     probability = np.empty(total, dtype=np.float32)
+    stain = np.empty((total, len(STAIN_FEATURES)), dtype=np.float32)
     done = 0
     inference = 0.0
     seconds: dict[str, float] = {}
@@ -248,6 +274,7 @@ def score_slide(
         n = len(out)
         rows[done : done + n], cols[done : done + n] = batch.rows, batch.cols
         probability[done : done + n] = out
+        stain[done : done + n] = batch.stain
         done += n
         if on_progress:
             on_progress(done, total)
@@ -260,7 +287,8 @@ def score_slide(
         rows=rows,
         cols=cols,
         probability=probability,
-        summary=summarise(plan, probability),
+        summary=summarise(plan, probability, check_slide(stain, model.manifest.stain)),
+        stain=stain,
         seconds={
             **seconds,
             "tissue_mask": masked - started,

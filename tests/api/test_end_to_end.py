@@ -101,6 +101,9 @@ def test_submit_score_and_fetch_everything(
         assert result["tissue_tiles"] > 0
         assert result["confusion"] is not None
         assert next(iter(result["confusion"])) == "missed_idc"
+        # The stain check's fields are served; this test model carries no stain reference.
+        assert result["in_distribution"] is True and result["ood_reason"] is None
+        assert result["stain_distance"] is None and result["slide_call"] != "indeterminate"
 
         tiles = requests.get(base + "/tiles", headers=auth, timeout=10).json()
         assert tiles["job_id"] == job["id"]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from idcscan.core.db import Client, Job, JobStatus, Model, transaction
+from idcscan.core.db import Client, Job, JobStatus, Model, SlideResult, transaction
 from tests import factories
 from tests.conftest import SAMPLE_SVS
 
@@ -85,9 +85,15 @@ def test_confusion_statistics_by_model_and_period(service: Service) -> None:
         job_a = session.scalar(
             select(Job.id).where(Job.client_id == client_a).order_by(Job.created_at)
         )
+        # As a result stored before revision 0005 (no stain check) is.
+        stored = session.get_one(SlideResult, job_a)
+        stored.in_distribution, stored.stain_distance = None, None
+        session.commit()
     result = service.get(f"/v1/jobs/{job_a}/result", key).json()
     assert result["confusion"]["tp"] == 5
     assert result["model_version"] == "test-1"
+    # A result stored without the stain check (as before revision 0005) says so: null, not true.
+    assert result["in_distribution"] is None and result["stain_distance"] is None
     tiles = service.get(f"/v1/jobs/{job_a}/tiles", key, params={"format": "csv"})
     assert tiles.text == "row,col,x,y,probability,label\n"  # no tile rows were written here
     missing = service.get(f"/v1/jobs/{job_a}/heatmap.png", key)

@@ -91,19 +91,32 @@ def test_the_worklist_ranks_by_suspicion(service: Service) -> None:
     )
     negative = _job(service, key, now, slide_call="no_idc", idc_area_mm2=0.01, max_probability=0.6)
     empty = _job(service, key, now, slide_call="no_tissue", idc_area_mm2=0.0, max_probability=None)
+    # Stained unlike the training data: the model cannot judge it, a pathologist reads it next.
+    unlike = _job(
+        service,
+        key,
+        now,
+        slide_call="indeterminate",
+        idc_area_mm2=0.0,
+        max_probability=0.4,
+        in_distribution=False,
+        ood_reason="stain distance 4.2 over 4.0",
+    )
     running = _job(service, key, now - timedelta(minutes=5), running=True)
     queued = _job(service, key, now)
     service.add_client()  # another client's jobs never show
     other = service.add_client()
     _job(service, other, now, slide_call="idc", idc_area_mm2=9.0, max_probability=1.0)
 
-    assert _ids(service, key) == [large_idc, small_idc, negative, empty, queued, running]
+    assert _ids(service, key) == [large_idc, small_idc, unlike, negative, empty, queued, running]
     assert _ids(service, key, sort="max_probability")[:3] == [small_idc, large_idc, negative]
     assert _ids(service, key, sort="idc_area")[:2] == [large_idc, small_idc]
     assert _ids(service, key, sort="newest")[-1] == large_idc
 
     items = {i["job"]["id"]: i for i in service.get("/v1/worklist", key).json()["items"]}
     assert items[small_idc]["summary"]["missed_idc"] == 2
+    assert items[unlike]["summary"]["in_distribution"] is False
+    assert items[unlike]["summary"]["ood_reason"] == "stain distance 4.2 over 4.0"
     assert items[large_idc]["summary"]["missed_idc"] is None
     assert items[running]["summary"] is None and items[running]["viewer_url"] is None
     assert items[running]["job"]["progress"] == {

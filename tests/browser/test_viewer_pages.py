@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from idcscan.api import worklist
 from tests.api.conftest import KOMBU_NOLOAD, Service, patient_zip, score_job
 from tests.conftest import SAMPLE_SVS
 
@@ -21,7 +22,8 @@ from .conftest import screenshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, KOMBU_NOLOAD]
 
-CALL_RANK = {"idc": 0, "no_idc": 1, "no_tissue": 2}
+# The service's own order of slide calls (idc, indeterminate, no_idc, no_tissue).
+CALL_RANK = {call.value: rank for call, rank in worklist.CALL_RANK.items()}
 RESOURCES = "return performance.getEntriesByType('resource').map(e => [e.name, e.responseStatus])"
 
 

@@ -70,6 +70,8 @@ def test_compare_cross_validates_selects_and_ships_a_variant(
     model = OnnxModel(out / "best.onnx", provider="cpu")
     assert model.manifest.identity["architecture"] == best["arch"]
     assert model.spec.threshold == pytest.approx(variants[report["shipped"]]["threshold"])
+    # The stain reference of every patient it saw, not the set-aside test patient.
+    assert model.manifest.stain is not None and model.manifest.stain.training["patients"] == 6
     # The published test patient was scored once, by the shipped model, and recorded with it.
     final = report["final_test"][report["shipped"]]
     assert final["patients"] == ["8916"]
@@ -102,12 +104,18 @@ def test_export_command_with_int8_variant(
 ) -> None:
     out = tmp_path / "m.onnx"
     assert cli(["export", str(trained_run), "--out", str(out), "--int8"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)
     assert summary["parity_max_abs_difference"] <= 1e-4
     assert summary["int8"]["bytes"] < summary["bytes"]
     assert "accuracy_change" in summary["int8"]
     quantized = OnnxModel(out.with_name("m-int8.onnx"), provider="cpu")
-    assert quantized.spec == OnnxModel(out, provider="cpu").spec
+    exported = OnnxModel(out, provider="cpu")
+    assert quantized.spec == exported.spec
+    # Two training patients are too few for a stain reference: said, and none written.
+    assert len(json.loads((trained_run / "metrics.json").read_text())["split"]["train"]) < 3
+    assert "no stain reference: 2 training patients" in printed.err
+    assert exported.manifest.stain is None and quantized.manifest.stain is None
 
 
 def test_compare_trains_folds_in_parallel_and_can_stop_before_exporting(

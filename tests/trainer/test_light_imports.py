@@ -41,3 +41,15 @@ def test_evaluate_and_register_run_without_torch(
         f"assert main(['models', 'register', {str(model)!r}]) == 0; {NO_TORCH}"
     )
     run_python(code, IDCSCAN_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}")
+
+
+def test_stain_reference_runs_without_torch(tiny_dataset: Path, tmp_path: Path) -> None:
+    from tests.worker.models import build_model
+
+    model = build_model(tmp_path / "m.onnx")
+    code = (
+        "from idcscan.cli import main; "
+        f"assert main(['models', 'stain-reference', {str(model)!r}, '--data', "
+        f"{str(tiny_dataset)!r}]) == 0; {NO_TORCH}"
+    )
+    run_python(code)

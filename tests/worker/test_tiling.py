@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from idcscan.core.errors import InvalidInput
-from idcscan.core.labels import GridGeometry, parse_labels
+from idcscan.core.labels import UNLABELLED, GridGeometry, LabelledRect, from_regions, parse_labels
 from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.slides import Slide, open_slide
 from idcscan.core.summary import SlideCall
@@ -201,7 +201,7 @@ def test_geojson_regions_cover_exactly_the_idc_tiles(assembled: Path, tiny_model
 
 def test_prefetch_raises_the_readers_error_and_stops() -> None:
     def failing():  # type: ignore[no-untyped-def]
-        yield Batch(np.zeros(1), np.zeros(1), np.zeros(1))
+        yield Batch(np.zeros(1), np.zeros(1), np.zeros(1), np.zeros((1, 4)))
         raise InvalidInput("decoder said no", "truncated-slide")
 
     seen = []
@@ -261,3 +261,18 @@ def test_the_slide_call_follows_the_models_own_rule(
     assert summary.slide_call == call
     assert summary.idc_area_mm2 == pytest.approx(idc_tiles * 0.04)
     assert f"{min_mm2:g} mm2" in summary.call_rule
+
+
+def test_a_patch_thinner_than_a_raster_pixel_is_no_error() -> None:
+    """A dataset's edge patch a few pixels high, rounded to an empty rectangle on the raster,
+    covers no tile; it used to make Pillow refuse the rectangle and the whole slide fail."""
+    grid = GridGeometry(rows=3, cols=3, tile0=50.0, stride0=50.0)
+    truth = from_regions(
+        (
+            LabelledRect(0, 0, 50, 50, 1),
+            LabelledRect(0, 52, 50, 1, 0),
+            LabelledRect(52, 0, 1, 50, 1),
+        )
+    )
+    labels = truth.tile_labels(grid)
+    assert labels[0, 0] == 1 and labels[1, 0] == UNLABELLED and labels[0, 1] == UNLABELLED

@@ -10,6 +10,8 @@ const fmt = (value, digits = 3) =>
 // adds to the slide summary is shown by adding its line here.
 const SUMMARY_ROWS = [
   ["Slide call", "slide_call", (v) => v.replace("_", " ")],
+  ["Stain like the training data", "in_distribution", (v, r) =>
+    v === false ? `no: ${r.ood_reason} (do not trust the IDC map)` : v ? "yes" : "not checked"],
   ["IDC area", "idc_area_mm2", (v) => `${fmt(v, 2)} mm\u00b2`],
   ["IDC tiles", "idc_tiles", (v, r) => `${v} of ${r.tissue_tiles} tissue tiles`],
   ["Max probability", "max_probability", (v) => fmt(v)],

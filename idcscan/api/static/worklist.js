@@ -53,6 +53,7 @@ function render(worklist) {
     row.dataset.jobId = item.job.id;
     cell(row, String(item.rank));
     cell(row, s ? s.slide_call.replace("_", " ") : "", s ? `call-${s.slide_call}` : "");
+    if (s && s.in_distribution === false) row.lastChild.title = `unlike the training data: ${s.ood_reason}`;
     cell(row, s ? s.idc_area_mm2.toFixed(2) : "");
     cell(row, s && s.max_probability !== null ? s.max_probability.toFixed(3) : "");
     cell(row, s && s.missed_idc !== null ? String(s.missed_idc) : "", "missed-count");
