@@ -1,7 +1,8 @@
 """An exported idcscan model: its ONNX session, its tile contract and identity from the metadata.
 
-The I/O contract of every idcscan ONNX model: input `tiles`, float32 (N, 3, H, W) as produced by
-`to_model_input`; output `idc_probability`, float32 (N,), the softmax probability of IDC. The batch
+The I/O contract of every idcscan ONNX model: input `tiles` as produced by `to_model_input`, which
+the tile contract's `input_format` names (uint8 (N, H, W, 3), or float32 (N, 3, H, W) in older
+files); output `idc_probability`, float32 (N,), the softmax probability of IDC. The batch
 dimension is dynamic. onnxruntime is imported lazily so that `import idcscan.core` stays light.
 """
 
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from idcscan.core.stain import StainReference
-from idcscan.core.tiles import TileSpec, to_model_input
+from idcscan.core.tiles import FLOAT32_NCHW, UINT8_NHWC, TileSpec, to_model_input
 
 INPUT_NAME = "tiles"
+# The onnxruntime type of the input each `TileSpec.input_format` promises.
+INPUT_TYPES = {FLOAT32_NCHW: "tensor(float)", UINT8_NHWC: "tensor(uint8)"}
 OUTPUT_NAME = "idc_probability"
 IDENTITY_KEY = "idcscan.model"
 """Metadata key of the model's identity (JSON: version, architecture, trained_on, metrics...)."""
@@ -111,9 +114,17 @@ class OnnxModel:
             )
         metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.manifest = ModelManifest.from_metadata(metadata)
-        names = [i.name for i in self.session.get_inputs()]
-        if names != [INPUT_NAME]:
-            raise ValueError(f"model input must be {INPUT_NAME!r}, found {names}")
+        inputs = self.session.get_inputs()
+        if [i.name for i in inputs] != [INPUT_NAME]:
+            raise ValueError(
+                f"model input must be {INPUT_NAME!r}, found {[i.name for i in inputs]}"
+            )
+        expected = INPUT_TYPES[self.spec.input_format]
+        if inputs[0].type != expected:
+            raise ValueError(
+                f"the tile contract says {self.spec.input_format} input, but the graph takes "
+                f"{inputs[0].type}"
+            )
         outputs = {o.name: o.shape for o in self.session.get_outputs()}
         if OUTPUT_NAME not in outputs or len(outputs[OUTPUT_NAME]) != 1:
             raise ValueError(
@@ -130,7 +141,7 @@ class OnnxModel:
         return str(self.session.get_providers()[0])
 
     def run(self, model_input: np.ndarray) -> np.ndarray:
-        """Probabilities of IDC for preprocessed input (N, 3, H, W) float32."""
+        """Probabilities of IDC for model input made by `to_model_input` (its `input_format`)."""
         (out,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: model_input})
         if out.shape != (len(model_input),):
             raise ValueError(f"model gave {out.shape} for {len(model_input)} tiles, not one each")

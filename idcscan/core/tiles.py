@@ -3,6 +3,11 @@
 The trainer writes a `TileSpec` into the ONNX file's metadata; the worker reads it back and tiles
 every slide at that scale. `to_model_input` is the one function that turns uint8 RGB tiles into
 model input, in training, evaluation and scoring alike.
+
+A model takes one of two inputs (`TileSpec.input_format`): `float32-nchw`, the network's own input,
+normalised here in numpy (every model exported before uint8 input existed); or `uint8-nhwc`, the
+tiles as the reader cuts them, with the normalisation inside the ONNX graph
+(`idcscan.trainer.uint8input`): a quarter of the bytes per batch and no float work in Python.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ DATASET_MPP = 4.0
 DATASET_TILE_SIZE = 50
 # Background in the dataset (and in slides reassembled from it) is white.
 BACKGROUND_VALUE = 255
+# What a model's input tensor holds: the normalised float network input, or the raw uint8 tiles.
+FLOAT32_NCHW = "float32-nchw"
+UINT8_NHWC = "uint8-nhwc"
+INPUT_FORMATS = (FLOAT32_NCHW, UINT8_NHWC)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,9 @@ class TileSpec:
     """The slide call: `idc` when at least this much tissue (mm2) reaches the threshold. Chosen
     on reassembled validation slides (`idcscan slide-rule`); 0.08 mm2 is two 200 um tiles."""
     model_version: str = ""
+    input_format: str = FLOAT32_NCHW
+    """What the model file's input holds (`INPUT_FORMATS`). `uint8-nhwc`: RGB tiles as cut, the
+    graph applying `channel_order`, `mean` and `std` itself; absent in older files: float32."""
     extra: dict[str, str] = field(default_factory=dict)
     """Free-form identity of the model (architecture, training run, data) carried alongside."""
 
@@ -60,6 +72,10 @@ class TileSpec:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
         if self.slide_min_idc_mm2 < 0:
             raise ValueError(f"slide_min_idc_mm2 must be >= 0, got {self.slide_min_idc_mm2}")
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(
+                f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}"
+            )
         if len(self.class_names) != 2:
             raise ValueError("idcscan models are binary: two class names, negative first")
 
@@ -113,7 +129,8 @@ def pad_tile(tile: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_model_input(tiles: np.ndarray, spec: TileSpec) -> np.ndarray:
-    """uint8 RGB tiles (N, H, W, 3) -> float32 model input (N, 3, H, W), normalised per `spec`.
+    """uint8 RGB tiles (N, H, W, 3) -> the input `spec` says the model takes: the tiles themselves
+    (contiguous) for `uint8-nhwc`, else float32 (N, 3, H, W) normalised per `spec`.
 
     The only preprocessing in idcscan: the trainer, `idcscan evaluate` and the worker all call it.
     """
@@ -121,6 +138,14 @@ def to_model_input(tiles: np.ndarray, spec: TileSpec) -> np.ndarray:
         raise ValueError(
             f"expected uint8 tiles of shape (N, H, W, 3), got {tiles.dtype} {tiles.shape}"
         )
+    if spec.input_format == UINT8_NHWC:
+        return np.ascontiguousarray(tiles)
+    return normalise(tiles, spec)
+
+
+def normalise(tiles: np.ndarray, spec: TileSpec) -> np.ndarray:
+    """uint8 RGB tiles (N, H, W, 3) -> the network's float32 input (N, 3, H, W): channel order,
+    scale to [0, 1], mean and std of `spec`. What a `uint8-nhwc` graph does inside."""
     if spec.channel_order == "BGR":
         tiles = tiles[..., ::-1]
     scale = np.float32(1.0 / 255.0)

@@ -1,8 +1,9 @@
 """Training and evaluation presets: uint8 tiles (N, H, W, 3) in, model input (N, 3, H, W) out.
 
 Augmentation works on whole batches of uint8 tiles in torch and ends in uint8 again; the model
-input is then made by `idcscan.core.tiles.to_model_input`, the function the worker uses, so that
-training, evaluation and scoring share one preprocessing. Training only:
+input is then made by `idcscan.core.tiles.normalise`, the arithmetic the worker's models apply
+(in numpy for float32-input files, inside the graph for uint8-input ones), so that training,
+evaluation and scoring share one preprocessing. Training only:
 
 - the 8 right-angle rotations and flips (tissue has no orientation);
 - small shifts (up to `max_shift` of the tile) and zooms (`zoom` range), reflect-padded;
@@ -15,7 +16,7 @@ training, evaluation and scoring share one preprocessing. Training only:
 `AUGMENTATIONS` names the presets that cross-validation compares (`--augment`): `geometric`
 (orientation, shift, zoom, brightness and contrast only), `current` (the seed's: `geometric` plus
 light stain jitter) and `stain` (stronger stain jitter plus saturation, hue and blur). None of
-them changes what the worker does: inference stays `to_model_input` alone.
+them changes what the worker does: inference stays `normalise` alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from idcscan.core.tiles import TileSpec, to_model_input
+from idcscan.core.tiles import TileSpec, normalise
 
 # Ruifrok & Johnston (2001) stain vectors (rows: haematoxylin, eosin, DAB), as in scikit-image.
 _RGB_FROM_HED = torch.tensor(
@@ -155,7 +156,7 @@ class ClassificationPresetTrain:
         return out.permute(0, 2, 3, 1).contiguous().numpy()
 
     def __call__(self, tiles: np.ndarray, generator: torch.Generator) -> torch.Tensor:
-        return torch.from_numpy(to_model_input(self.augment(tiles, generator), self.spec))
+        return torch.from_numpy(normalise(self.augment(tiles, generator), self.spec))
 
 
 AUGMENTATIONS: dict[str, dict[str, float]] = {
@@ -185,4 +186,4 @@ class ClassificationPresetEval:
     spec: TileSpec
 
     def __call__(self, tiles: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(to_model_input(tiles, self.spec))
+        return torch.from_numpy(normalise(tiles, self.spec))

@@ -83,6 +83,19 @@ def register(subparsers: Any) -> None:
         help="the patients the model trained on (default: every patient of the folder)",
     )
     stain.set_defaults(func=_models_stain_reference)
+    uint8 = models_sub.add_parser(
+        "uint8-input",
+        help="rewrite an exported float32-input model to take uint8 tiles, its normalisation "
+        "inside the graph (no retraining; checked against the original before it is written)",
+    )
+    uint8.add_argument("model", type=Path, help="ONNX model file exported by idcscan")
+    uint8.add_argument("--out", type=Path, help="where to write it (default: over MODEL)")
+    uint8.add_argument(
+        "--data",
+        type=Path,
+        help="patches (<patient>/<0|1>/*.png) to check parity on (default: random tiles)",
+    )
+    uint8.set_defaults(func=_models_uint8_input)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -222,5 +235,22 @@ def _models_stain_reference(args: argparse.Namespace) -> int:
         f"{training['stain_distance']['max']:.2f}), far-tile share "
         f"{reference.max_far_tile_fraction:.1%} (training largest "
         f"{training['far_tile_fraction']['max']:.1%})"
+    )
+    return 0
+
+
+def _models_uint8_input(args: argparse.Namespace) -> int:
+    from idcscan.trainer.data import load_patches
+    from idcscan.trainer.uint8input import PARITY_TOLERANCE, convert_file
+
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"no such model file: {args.model}")
+    tiles = load_patches(args.data).tiles if args.data is not None else None
+    target = args.out or args.model
+    difference = convert_file(args.model, target, tiles)
+    checked = f"{len(tiles)} patches" if tiles is not None else "random tiles"
+    print(
+        f"{target}: takes uint8 (N, H, W, 3) tiles; probabilities within {difference:.1e} of "
+        f"the original on {checked} (tolerance {PARITY_TOLERANCE:.0e})"
     )
     return 0

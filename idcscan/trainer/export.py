@@ -1,8 +1,9 @@
 """ONNX export of a trained run: the I/O contract, the tile contract, identity and the training
 data's stain reference (`core/stain.py`) in the metadata.
 
-The exported graph is `ProbabilityHead(network)`: input `tiles` float32 (N, 3, H, W) with a
-dynamic batch, output `idc_probability` float32 (N,). Every export is checked against torch on
+The exported graph is `ProbabilityHead(network)` behind the tile normalisation
+(`uint8input`): input `tiles` uint8 (N, H, W, 3) as the reader cuts them, with a dynamic batch,
+output `idc_probability` float32 (N,). Every export is checked against torch on
 real patches: the probabilities must agree within `PARITY_TOLERANCE`. `--int8` adds a statically
 quantised variant (QDQ, calibrated on the same patches) and reports its accuracy change.
 """
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 import warnings
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ import torch
 from idcscan.core.metrics import Confusion
 from idcscan.core.onnxmodel import IDENTITY_KEY, INPUT_NAME, OUTPUT_NAME, OnnxModel
 from idcscan.core.stain import StainReference
-from idcscan.core.tiles import TileSpec, to_model_input
+from idcscan.core.tiles import UINT8_NHWC, TileSpec, normalise, to_model_input
 from idcscan.trainer.models import ProbabilityHead, build_model
+from idcscan.trainer.uint8input import with_uint8_input
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +133,11 @@ def to_onnx(
             opset_version=OPSET,
             dynamo=False,
         )
-    proto = onnx.load(str(path))
-    entries = {**spec.to_metadata(), IDENTITY_KEY: json.dumps(ident, sort_keys=True)}
+    # The network takes the float input `spec` describes; the file takes uint8 tiles and
+    # normalises them in its graph, so the worker does no float work in Python.
+    proto = with_uint8_input(onnx.load(str(path)), spec)
+    contract = replace(spec, input_format=UINT8_NHWC)
+    entries = {**contract.to_metadata(), IDENTITY_KEY: json.dumps(ident, sort_keys=True)}
     if stain is not None:
         entries.update(stain.to_metadata())
     set_metadata(proto, entries)
@@ -142,9 +148,11 @@ def to_onnx(
 
 @torch.inference_mode()
 def torch_probabilities(model: torch.nn.Module, tiles: np.ndarray, spec: TileSpec) -> np.ndarray:
+    """The torch network's probabilities; it takes the normalised float input, whatever the
+    exported file takes."""
     return np.concatenate(
         [
-            model(torch.from_numpy(to_model_input(tiles[i : i + 256], spec))).numpy()
+            model(torch.from_numpy(normalise(tiles[i : i + 256], spec))).numpy()
             for i in range(0, len(tiles), 256)
         ]
     )
@@ -223,7 +231,7 @@ def export_graph(
     }
     if int8:
         target = out.with_name(out.stem + "-int8.onnx")
-        quantize_int8(out, target, tiles, spec)
+        quantize_int8(out, target, tiles, OnnxModel(out, provider="cpu").spec)
         quantized = OnnxModel(target, provider="cpu").predict(tiles)
         summary["int8"] = {
             "onnx": str(target),

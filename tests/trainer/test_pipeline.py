@@ -12,7 +12,7 @@ from PIL import Image
 
 from idcscan.cli import main as cli
 from idcscan.core.onnxmodel import OnnxModel
-from idcscan.core.tiles import TileSpec, pad_tile, to_model_input
+from idcscan.core.tiles import UINT8_NHWC, TileSpec, normalise, pad_tile, to_model_input
 from tests.conftest import SAMPLE_PATIENTS
 
 pytestmark = pytest.mark.train
@@ -69,6 +69,7 @@ def test_export_parity_and_metadata_round_trip(
         threshold=metrics["threshold"],
         model_version=summary["version"],
         extra={"architecture": "resnet18", "balance": "oversample"},
+        input_format=UINT8_NHWC,
     )
     identity = model.manifest.identity
     assert identity["architecture"] == "resnet18"
@@ -105,8 +106,9 @@ def test_trainer_and_worker_paths_give_identical_inputs_and_outputs(
         with Image.open(path) as image:  # the worker's way: pixels, padded, shared preprocessing
             worker_tile = pad_tile(np.asarray(image.convert("RGB")), model.spec.tile_size)
         trainer_input = ClassificationPresetEval(model.spec)(trainer_tile[None]).numpy()
-        worker_input = to_model_input(worker_tile[None], model.spec)
-        assert np.array_equal(trainer_input, worker_input)
+        # The worker feeds the tile itself; the graph normalises it as the trainer did.
+        assert np.array_equal(to_model_input(worker_tile[None], model.spec), worker_tile[None])
+        assert np.array_equal(trainer_input, normalise(worker_tile[None], model.spec))
         with torch.inference_mode():
             trainer_probability = network(torch.from_numpy(trainer_input)).numpy()
         worker_probability = model.predict(worker_tile[None])
