@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="Longest pause between two attempts of a webhook."
     )
     batch_size: int = Field(default=256, ge=1, description="Tiles per inference batch.")
+    reader_threads: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Threads reading, cutting and preprocessing a slide's regions per job while "
+        "onnxruntime runs; OpenSlide, Pillow and numpy release the GIL, so they read in parallel.",
+    )
     inference_threads: int = Field(
         default=0,
         ge=0,

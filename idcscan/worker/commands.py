@@ -91,7 +91,9 @@ def _score(args: argparse.Namespace) -> int:
     with open_slide(
         args.slide, mpp=args.mpp, max_pixels=settings.max_slide_pixels, allow_multi_file=True
     ) as slide:
-        score = score_slide(slide, model, batch_size=settings.batch_size)
+        score = score_slide(
+            slide, model, batch_size=settings.batch_size, readers=settings.reader_threads
+        )
         truth = ground_truth(slide, truth)
         if truth is not None:
             score = evaluate(score, truth)

@@ -390,6 +390,7 @@ class JobRunner:
                 slide,
                 model,
                 batch_size=self.settings.batch_size,
+                readers=self.settings.reader_threads,
                 on_progress=progress,
                 should_stop=heartbeat.stopped,
             )

@@ -1,8 +1,9 @@
 """The scoring pipeline: one slide, one model -> per-tile probabilities and the slide's summary.
 
-A reader thread reads regions, cuts tiles and preprocesses them into full batches while the
-calling thread runs onnxruntime (which releases the GIL); a bounded queue between them keeps memory
-bounded whatever the slide's size. The queue worker (`tasks`) and `idcscan score` both call
+A pool of reader threads reads regions, cuts tiles and preprocesses them (`read_blocks`); one
+thread assembles them into full batches while the calling thread runs onnxruntime (which releases
+the GIL); bounded queues between them keep memory bounded whatever the slide's size. A model that
+takes uint8 tiles (`TileSpec.input_format`) gets them as cut: its normalisation runs in its graph. The queue worker (`tasks`) and `idcscan score` both call
 `score_slide`; neither knows about the other. Ground truth is not read here: a caller that has
 it evaluates the score afterwards (`evaluation`).
 """
@@ -13,8 +14,10 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
@@ -30,18 +33,23 @@ from idcscan.core.tiles import to_model_input
 from idcscan.worker.tiling import (
     Cancelled,
     StopCheck,
-    TileBlock,
     TilePlan,
     TissueMap,
     find_tissue,
-    iter_tile_blocks,
     plan_tiling,
+    read_tile_block,
+    tile_block_boxes,
 )
 
 log = logging.getLogger(__name__)
 
-# Batches prepared ahead of inference; each is batch_size x 3 x H x W float32 (7.7 MB at 256x50x50).
+Box = tuple[int, int, int, int]
+
+# Batches prepared ahead of inference; each is batch_size tiles of model input (1.9 MB at
+# 256 x 50 x 50 uint8, 7.7 MB as float32).
 PREFETCH_BATCHES = 3
+# Blocks each reader thread may have read ahead of the batch being assembled.
+BLOCKS_AHEAD_PER_READER = 2
 
 
 @dataclass
@@ -49,45 +57,81 @@ class Batch:
     rows: np.ndarray
     cols: np.ndarray
     model_input: np.ndarray
+    """What the model takes (`to_model_input`); axis 0 is the tile."""
     stain: np.ndarray
     """float32 (n, 4): each tile's H and E optical density and spread (`core.stain`)."""
 
 
-def _batches(
+def _prepare(slide: Slide, plan: TilePlan, tissue: np.ndarray, box: Box) -> Batch:
+    """One block read, cut and preprocessed, in a reader thread. The stain figures are taken
+    here, beside the preprocessing: they cost no inference time."""
+    block = read_tile_block(slide, plan, tissue, box)
+    return Batch(
+        block.rows, block.cols, to_model_input(block.tiles, plan.spec), tile_features(block.tiles)
+    )
+
+
+def read_blocks(
     slide: Slide,
     plan: TilePlan,
     tissue: np.ndarray,
-    batch_size: int,
+    readers: int,
     should_stop: StopCheck | None = None,
 ) -> Iterator[Batch]:
-    """Full batches of preprocessed tiles (the last one partial), assembled across blocks."""
-    pending: list[TileBlock] = []
+    """The prepared tissue blocks of the slide in row-major order, read by `readers` threads.
+
+    OpenSlide, Pillow and numpy release the GIL while they decode, resample and copy, so the
+    threads read regions in parallel. At most `BLOCKS_AHEAD_PER_READER` blocks per thread are in
+    flight (memory stays bounded); `should_stop` is asked before each block is handed out, and on
+    the way out the blocks not yet started are cancelled: a cancelled job stops within one
+    region read per thread."""
+    in_flight: deque[Future[Batch]] = deque()
+    with ThreadPoolExecutor(readers, thread_name_prefix="idcscan-reader") as pool:
+        try:
+            for box in tile_block_boxes(plan, tissue):
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                in_flight.append(pool.submit(_prepare, slide, plan, tissue, box))
+                if len(in_flight) >= readers * BLOCKS_AHEAD_PER_READER:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
+def _joined(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    return Batch(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Batch)))
+
+
+def _split(batch: Batch, n: int) -> tuple[Batch, Batch]:
+    """The first `n` tiles and the rest (views, no copy)."""
+    head = Batch(*(getattr(batch, f.name)[:n] for f in fields(Batch)))
+    return head, Batch(*(getattr(batch, f.name)[n:] for f in fields(Batch)))
+
+
+def _batches(blocks: Iterator[Batch], batch_size: int) -> Iterator[Batch]:
+    """Full batches (the last one partial) assembled from prepared blocks, in their order."""
+    pending: list[Batch] = []
     count = 0
-
-    def flush(n: int) -> Batch:
-        nonlocal pending, count
-        rows = np.concatenate([b.rows for b in pending])
-        cols = np.concatenate([b.cols for b in pending])
-        tiles = (
-            pending[0].tiles if len(pending) == 1 else np.concatenate([b.tiles for b in pending])
-        )
-        # The stain figures are taken here, in the reader thread, beside the preprocessing:
-        # they cost no inference time.
-        batch = Batch(
-            rows[:n], cols[:n], to_model_input(tiles[:n], plan.spec), tile_features(tiles[:n])
-        )
-        rest = tiles[n:]
-        pending = [TileBlock(rows=rows[n:], cols=cols[n:], tiles=rest)] if len(rest) else []
-        count = len(rest)
-        return batch
-
-    for block in iter_tile_blocks(slide, plan, tissue, should_stop):
-        pending.append(block)
-        count += len(block.rows)
-        while count >= batch_size:
-            yield flush(batch_size)
-    if count:
-        yield flush(count)
+    try:
+        for block in blocks:
+            pending.append(block)
+            count += len(block.rows)
+            while count >= batch_size:
+                batch, rest = _split(_joined(pending), batch_size)
+                count -= batch_size
+                pending = [rest] if count else []
+                yield batch
+        if count:
+            yield _joined(pending)
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def timed(source: Iterator[Batch], seconds: dict[str, float], key: str) -> Iterator[Batch]:
@@ -95,15 +139,20 @@ def timed(source: Iterator[Batch], seconds: dict[str, float], key: str) -> Itera
     thread: the time it worked, not the time it waited on a full queue)."""
     seconds.setdefault(key, 0.0)
     items = iter(source)
-    while True:
-        start = time.perf_counter()
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        finally:
-            seconds[key] += time.perf_counter() - start
-        yield item
+    try:
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                seconds[key] += time.perf_counter() - start
+            yield item
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 _DONE = object()
@@ -128,8 +177,14 @@ def prefetch(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
             items.put(_DONE)
         except BaseException as exc:
             items.put(exc)
+        finally:
+            # Closing the generators now (not whenever they are collected) cancels the reader
+            # pool's blocks not yet started and waits for the ones being read.
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
 
-    thread = threading.Thread(target=produce, name="idcscan-reader", daemon=True)
+    thread = threading.Thread(target=produce, name="idcscan-batches", daemon=True)
     thread.start()
     try:
         while True:
@@ -162,7 +217,8 @@ class SlideScore:
     """float32 (n, 4) per scored tile: `core.stain.tile_features` (NaN where too little stain)."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Where the time went: tissue_mask; tiles (reading and inference, overlapped); read (the
-    reader thread's work: regions read, resampled, cut, preprocessed); inference (session.run);
+    batch thread's time producing batches: waiting on the reader pool, which reads, resamples,
+    cuts and preprocesses regions, and joining blocks into batches); inference (session.run);
     total. The worker adds open, outputs, database and cpu (`JobRunner.run`)."""
     labels: np.ndarray | None = None
     """int8 per scored tile (-1 unlabelled), once evaluated against ground truth
@@ -243,10 +299,12 @@ def score_slide(
     model: OnnxModel,
     *,
     batch_size: int = 256,
+    readers: int = 2,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: StopCheck | None = None,
 ) -> SlideScore:
     """Score every tissue tile of `slide` with `model`; `on_progress(done, total)` after each batch.
+    `readers`: threads reading the slide (`read_blocks`).
 
     Scoring only: the caller that has ground truth evaluates the score against it afterwards
     (`idcscan.worker.evaluation.evaluate`)."""
@@ -264,7 +322,8 @@ def score_slide(
     done = 0
     inference = 0.0
     seconds: dict[str, float] = {}
-    batches = timed(_batches(slide, plan, tissue.tissue, batch_size, should_stop), seconds, "read")
+    blocks = read_blocks(slide, plan, tissue.tissue, readers, should_stop)
+    batches = timed(_batches(blocks, batch_size), seconds, "read")
     for batch in prefetch(batches, PREFETCH_BATCHES):
         if should_stop and should_stop():
             raise Cancelled()

@@ -3,9 +3,10 @@
 `plan_tiling` picks the pyramid level nearest above the model's scale (the coarsest level still at
 least as fine) and lays a tile grid over the slide in level-0 pixels. `find_tissue` reads a
 low-resolution level in blocks and keeps the tiles with enough non-background pixels, as the
-dataset did (it never cut background into patches). `iter_tile_blocks` reads large regions,
-resamples them to the model's scale and cuts the tiles with numpy: no per-tile Python on the path.
-Both loops ask `should_stop` before each block, so a cancelled job stops within one region read.
+dataset did (it never cut background into patches). `read_tile_block` reads one large region,
+resamples it to the model's scale and cuts the tiles with numpy: no per-tile Python on the path;
+`tile_block_boxes` lists the regions, so that several threads can read them. Every loop asks
+`should_stop` before each block, so a cancelled job stops within one region read per thread.
 """
 
 from __future__ import annotations
@@ -254,24 +255,43 @@ class TileBlock:
     """uint8 (n, tile, tile, 3), contiguous."""
 
 
-def iter_tile_blocks(
-    slide: Slide, plan: TilePlan, tissue: np.ndarray, should_stop: StopCheck | None = None
-) -> Iterator[TileBlock]:
-    """The tissue tiles of each block, read as one region, in row-major block order."""
-    grid, spec = plan.grid, plan.spec
-    for r0, c0, nr, nc in _blocks(grid.rows, grid.cols, plan.block):
+def tile_block_boxes(plan: TilePlan, tissue: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
+    """(r0, c0, nr, nc) of each block holding tissue, in row-major block order: the bounding box
+    of its tissue tiles, so that background costs no read."""
+    for r0, c0, nr, nc in _blocks(plan.grid.rows, plan.grid.cols, plan.block):
         keep = tissue[r0 : r0 + nr, c0 : c0 + nc]
         if not keep.any():
             continue
-        _check(should_stop)
-        # Read only the bounding box of the block's tissue tiles: background costs nothing.
         rows_with, cols_with = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
-        r0, c0 = r0 + rows_with[0], c0 + cols_with[0]
-        nr, nc = rows_with[-1] - rows_with[0] + 1, cols_with[-1] - cols_with[0] + 1
-        keep = tissue[r0 : r0 + nr, c0 : c0 + nc]
-        out_w = (nc - 1) * spec.stride + spec.tile_size
-        out_h = (nr - 1) * spec.stride + spec.tile_size
-        pixels = read_resampled(slide, plan.level, *_block_box(grid, r0, c0, nr, nc), out_w, out_h)
-        tiles = cut_tiles(pixels, nr, nc, spec.tile_size, spec.stride)
-        rr, cc = np.nonzero(keep)
-        yield TileBlock(rows=rr + r0, cols=cc + c0, tiles=np.ascontiguousarray(tiles[rr, cc]))
+        yield (
+            r0 + int(rows_with[0]),
+            c0 + int(cols_with[0]),
+            int(rows_with[-1] - rows_with[0] + 1),
+            int(cols_with[-1] - cols_with[0] + 1),
+        )
+
+
+def read_tile_block(
+    slide: Slide, plan: TilePlan, tissue: np.ndarray, box: tuple[int, int, int, int]
+) -> TileBlock:
+    """The tissue tiles of one box (`tile_block_boxes`), read as one region and cut with numpy.
+    Safe to call from several threads at once: OpenSlide reads in parallel, releasing the GIL."""
+    grid, spec = plan.grid, plan.spec
+    r0, c0, nr, nc = box
+    keep = tissue[r0 : r0 + nr, c0 : c0 + nc]
+    out_w = (nc - 1) * spec.stride + spec.tile_size
+    out_h = (nr - 1) * spec.stride + spec.tile_size
+    pixels = read_resampled(slide, plan.level, *_block_box(grid, r0, c0, nr, nc), out_w, out_h)
+    tiles = cut_tiles(pixels, nr, nc, spec.tile_size, spec.stride)
+    rr, cc = np.nonzero(keep)
+    return TileBlock(rows=rr + r0, cols=cc + c0, tiles=np.ascontiguousarray(tiles[rr, cc]))
+
+
+def iter_tile_blocks(
+    slide: Slide, plan: TilePlan, tissue: np.ndarray, should_stop: StopCheck | None = None
+) -> Iterator[TileBlock]:
+    """The tissue tiles of each block, read as one region, in row-major block order, in this
+    thread (the scoring pipeline reads with a pool: `pipeline.read_blocks`)."""
+    for box in tile_block_boxes(plan, tissue):
+        _check(should_stop)
+        yield read_tile_block(slide, plan, tissue, box)
