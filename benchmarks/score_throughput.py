@@ -64,7 +64,8 @@ def main() -> None:
         f"slide: patient {args.patient}, {assembled.width} x {assembled.height} px, {assembled.patches} patches"
     )
     print(
-        f"model: {model_path.name}, provider {model.provider}, batch {batch}, cpus {os.cpu_count()}"
+        f"model: {model_path.name} ({model.spec.input_format} input), provider {model.provider}, "
+        f"batch {batch}, reader threads {settings.reader_threads}, cpus {os.cpu_count()}"
     )
 
     # 1. The ceiling: the same tiles, preprocessed and in memory; only session.run is timed.
@@ -80,7 +81,7 @@ def main() -> None:
     # 2. End to end in-process, after model load, outputs written.
     def score_once() -> None:
         with open_slide(slide_path) as slide:
-            score = score_slide(slide, model, batch_size=batch)
+            score = score_slide(slide, model, batch_size=batch, readers=settings.reader_threads)
         for name, data in outputs.render(score).items():
             (work / name).write_bytes(data)
 
