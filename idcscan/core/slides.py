@@ -26,6 +26,7 @@ import shutil
 import stat
 import struct
 import tempfile
+import threading
 import warnings
 import zipfile
 import zlib
@@ -342,6 +343,7 @@ class ImageSlide(Slide):
     def __init__(self, path: Path, mpp: float | None, max_pixels: int) -> None:
         self._path = path
         self._pixels: np.ndarray | None = None
+        self._decoding = threading.Lock()  # the reader pool's threads decode it once
         with _pillow_verdicts(), Image.open(path, formats=FLAT_FORMATS) as image:
             self.format = str(image.format).lower()
             _check_size(image.width, image.height, min(max_pixels, FLAT_IMAGE_MAX_PIXELS))
@@ -352,14 +354,18 @@ class ImageSlide(Slide):
 
     @property
     def pixels(self) -> np.ndarray:
-        if self._pixels is None:
-            with _pillow_verdicts(), Image.open(self._path, formats=FLAT_FORMATS) as image:
-                if (image.width, image.height) != self.dimensions:  # replaced since opened
-                    raise InvalidInput("The image changed while it was read.", "truncated-slide")
-                image.load()
-                rgb = image if image.mode == "RGB" else image.convert("RGB")
-                self._pixels = np.asarray(rgb)
-        return self._pixels
+        with self._decoding:
+            if self._pixels is None:
+                self._pixels = self._decode()
+            return self._pixels
+
+    def _decode(self) -> np.ndarray:
+        with _pillow_verdicts(), Image.open(self._path, formats=FLAT_FORMATS) as image:
+            if (image.width, image.height) != self.dimensions:  # replaced since opened
+                raise InvalidInput("The image changed while it was read.", "truncated-slide")
+            image.load()
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            return np.asarray(rgb)
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]
@@ -510,6 +516,7 @@ class PatchSlide(Slide):
         self.level_dimensions = ((width, height),)
         self.level_downsamples = (1.0,)
         self._canvas: np.ndarray | None = None
+        self._decoding = threading.Lock()  # the reader pool's threads paint it once
 
     def _member_bytes(self, name: str, budget: _InflateBudget, keep: int | None = None) -> bytes:
         try:
@@ -530,20 +537,24 @@ class PatchSlide(Slide):
 
     @property
     def canvas(self) -> np.ndarray:
-        if self._canvas is None:
-            width, height = self.dimensions
-            canvas = np.full((height, width, 3), BACKGROUND_VALUE, dtype=np.uint8)
-            budget = _InflateBudget()
-            for name, rect in self._entries:
-                data = self._member_bytes(name, budget)
-                with _pillow_verdicts(), Image.open(io.BytesIO(data), formats=("PNG",)) as image:
-                    if image.size != (rect.width, rect.height):
-                        raise InvalidInput("A patch changed while it was read.", "truncated-slide")
-                    canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = (
-                        np.asarray(image.convert("RGB"))
-                    )
-            self._canvas = canvas
-        return self._canvas
+        with self._decoding:
+            if self._canvas is None:
+                self._canvas = self._paint()
+            return self._canvas
+
+    def _paint(self) -> np.ndarray:
+        width, height = self.dimensions
+        canvas = np.full((height, width, 3), BACKGROUND_VALUE, dtype=np.uint8)
+        budget = _InflateBudget()
+        for name, rect in self._entries:
+            data = self._member_bytes(name, budget)
+            with _pillow_verdicts(), Image.open(io.BytesIO(data), formats=("PNG",)) as image:
+                if image.size != (rect.width, rect.height):
+                    raise InvalidInput("A patch changed while it was read.", "truncated-slide")
+                canvas[rect.y : rect.y + rect.height, rect.x : rect.x + rect.width] = np.asarray(
+                    image.convert("RGB")
+                )
+        return canvas
 
     def read_region(
         self, location: tuple[int, int], level: int, size: tuple[int, int]

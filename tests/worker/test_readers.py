@@ -6,6 +6,7 @@ an SVS), real onnxruntime."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,3 +182,31 @@ def test_uint8_model_scores_as_its_float_original(
     np.testing.assert_array_equal(after.rows, before.rows)
     np.testing.assert_allclose(after.probability, before.probability, atol=1e-5)
     assert after.summary == before.summary
+
+
+def test_a_flat_image_is_decoded_once_by_the_pool(tmp_path: Path, tiny_model: Path) -> None:
+    """Flat images decode whole on their first read; reader threads starting together share
+    that one decode instead of each making its own (192 MB at the flat-image limit)."""
+    from PIL import Image
+
+    from idcscan.core.slides import FLAT_IMAGE_MAX_PIXELS, ImageSlide
+
+    class Counted(ImageSlide):
+        decodes = 0
+
+        def _decode(self) -> np.ndarray:
+            Counted.decodes += 1
+            time.sleep(0.05)  # long enough for every thread to ask for the pixels meanwhile
+            return super()._decode()
+
+    path = tmp_path / "tissue.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 200, (600, 800, 3), dtype=np.uint8)).save(path)
+    model = OnnxModel(tiny_model, "cpu", 1)
+    with open_slide(path, mpp=4.0) as first:
+        plan = replace(plan_tiling(first, model.spec), block=2)
+        tissue = find_tissue(first, plan).tissue
+    slide = Counted(path, 4.0, FLAT_IMAGE_MAX_PIXELS)
+    blocks = list(read_blocks(slide, plan, tissue, 4))
+    assert Counted.decodes == 1
+    assert sum(len(b.rows) for b in blocks) == int(tissue.sum()) == 12 * 16
