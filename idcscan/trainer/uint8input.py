@@ -4,8 +4,8 @@ A `float32-nchw` model takes the network's own input, which the worker computes 
 tile (`core.tiles.normalise`): four bytes per channel and a float pass in Python's thread. This
 module prepends the same arithmetic to the graph, as ONNX nodes:
 
-    tiles uint8 (N, H, W, 3) -> Cast float -> [Gather BGR] -> Sub 255*mean -> Mul 1/(255*std)
-          -> Transpose (N, 3, H, W) -> the unchanged network
+    tiles uint8 (N, H, W, 3) -> Transpose (N, 3, H, W) -> [Gather BGR] -> Cast float
+          -> Sub 255*mean -> Mul 1/(255*std) -> the unchanged network
 
 with `onnx.compose.merge_models`, and rewrites the tile contract's `input_format` to `uint8-nhwc`.
 Every other metadata entry (calibration, threshold, identity, stain reference) is carried over.
@@ -38,27 +38,33 @@ PARITY_RANDOM_TILES = 512
 
 
 def _normalisation_graph(spec: TileSpec, opset: list[onnx.OperatorSetIdProto]) -> onnx.ModelProto:
-    """uint8 NHWC `tiles` -> the float NCHW network input that `core.tiles.normalise` computes."""
+    """uint8 NHWC `tiles` -> the float NCHW network input that `core.tiles.normalise` computes.
+
+    The transpose (and the BGR swap) move uint8 bytes, before the cast: measured on the reference
+    model, bare onnxruntime then runs as fast as on the float32 file (2,569 against 2,491
+    tiles/s, shared machine), where transposing after the cast cost it a sixth (2,066)."""
     size = spec.tile_size
-    scale = np.float32(1.0) / (np.float32(255.0) * np.asarray(spec.std, dtype=np.float32))
+    per_channel = (1, 3, 1, 1)
     constants: dict[str, np.ndarray] = {
-        "idcscan_offset": (np.float32(255.0) * np.asarray(spec.mean, np.float32)).astype(
-            np.float32
+        "idcscan_offset": (np.float32(255.0) * np.asarray(spec.mean, np.float32)).reshape(
+            per_channel
         ),
-        "idcscan_scale": scale.astype(np.float32),
+        "idcscan_scale": (
+            np.float32(1.0) / (np.float32(255.0) * np.asarray(spec.std, dtype=np.float32))
+        ).reshape(per_channel),
         "idcscan_bgr": np.asarray([2, 1, 0], dtype=np.int64),
     }
-    nodes = [helper.make_node("Cast", [INPUT_NAME], ["idcscan_float"], to=TensorProto.FLOAT)]
-    current = "idcscan_float"
+    nodes = [helper.make_node("Transpose", [INPUT_NAME], ["idcscan_nchw"], perm=[0, 3, 1, 2])]
+    current = "idcscan_nchw"
     if spec.channel_order == "BGR":
         nodes.append(
-            helper.make_node("Gather", [current, "idcscan_bgr"], ["idcscan_bgr_out"], axis=3)
+            helper.make_node("Gather", [current, "idcscan_bgr"], ["idcscan_bgr_out"], axis=1)
         )
         current = "idcscan_bgr_out"
     nodes += [
-        helper.make_node("Sub", [current, "idcscan_offset"], ["idcscan_centred"]),
-        helper.make_node("Mul", ["idcscan_centred", "idcscan_scale"], ["idcscan_scaled"]),
-        helper.make_node("Transpose", ["idcscan_scaled"], [NORMALISED], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", [current], ["idcscan_float"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["idcscan_float", "idcscan_offset"], ["idcscan_centred"]),
+        helper.make_node("Mul", ["idcscan_centred", "idcscan_scale"], [NORMALISED]),
     ]
     used = {name for node in nodes for name in node.input}
     graph = helper.make_graph(
