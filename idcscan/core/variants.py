@@ -22,12 +22,6 @@ def variant_path(model: Path, precision: str) -> Path:
     return model.with_name(f"{model.stem}.{precision}.onnx")
 
 
-def variant_location(location: str, precision: str) -> str:
-    """The same for a registry location, local path or URI (`s3://bucket/m.onnx`)."""
-    stem = location.removesuffix(".onnx")
-    return f"{stem}.{precision}.onnx"
-
-
 def present_variants(model: Path) -> list[str]:
     """The precisions whose variant file lies beside `model`."""
     return [p for p in VARIANTS if variant_path(model, p).is_file()]

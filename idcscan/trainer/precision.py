@@ -34,7 +34,7 @@ import onnx
 
 from idcscan.core.metrics import Confusion
 from idcscan.core.onnxmodel import IDENTITY_KEY, OnnxModel
-from idcscan.core.variants import variant_path
+from idcscan.core.variants import VARIANTS, variant_path
 from idcscan.trainer.data import PatchSet, load_patches
 from idcscan.trainer.export import quantize_int8, set_metadata
 
@@ -50,7 +50,13 @@ SPEED_REPEATS = 7
 
 def model_split(model: Path) -> tuple[list[str], list[str]]:
     """(training, validation) patients as the model's identity records them."""
-    split = OnnxModel(model, provider="cpu", threads=1).manifest.identity.get("trained_on", {})
+    try:
+        manifest = OnnxModel(model, provider="cpu", threads=1).manifest
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # onnxruntime's load errors share no narrower base class
+        raise ValueError(f"{model} is not an ONNX model onnxruntime can load") from exc
+    split = manifest.identity.get("trained_on", {})
     split = split.get("split", {})
     train, val = list(split.get("train", [])), list(split.get("val", []))
     if not train or not val:
@@ -133,8 +139,46 @@ def make_variants(
     threads: int = 0,
     speed_threads: int = 1,
 ) -> dict[str, Any]:
-    """Write the INT8 and FP16 variants of `model` beside it, with their figures; the report."""
+    """Write the INT8 and FP16 variants of `model` beside it, with their figures; the report.
+
+    Both are made under temporary names and take their place only once judged: a failure leaves
+    the previous variants as they were, and an INT8 variant that no longer earns its place (a
+    re-made model) is removed."""
     model = Path(model)
+    final = {name: variant_path(model, name) for name in VARIANTS}
+    partial = {name: path.with_name(f"{path.stem}.part.onnx") for name, path in final.items()}
+    try:
+        report = judge(
+            model, data, partial, max_bac_drop, min_speedup, speed_tiles, threads, speed_threads
+        )
+        for name, path in final.items():
+            if report[name]["shipped"]:
+                report[name]["onnx"] = path.name
+        for name, path in final.items():  # each carries the whole report, FP32's figures too
+            if report[name]["shipped"]:
+                add_identity(partial[name], {"precision": name, "precision_figures": report})
+                partial[name].replace(path)
+            else:
+                path.unlink(missing_ok=True)
+    finally:
+        for path in partial.values():
+            path.unlink(missing_ok=True)
+            path.with_suffix(".prep.onnx").unlink(missing_ok=True)  # quantize_int8's
+    log.info("variants of %s: %s", model, report)
+    return report
+
+
+def judge(
+    model: Path,
+    data: Path,
+    paths: dict[str, Path],
+    max_bac_drop: float,
+    min_speedup: float,
+    speed_tiles: int,
+    threads: int,
+    speed_threads: int,
+) -> dict[str, Any]:
+    """Write the variants at `paths` and measure them against `model`: the report."""
     train, val = model_split(model)
     validation = load_patches(Path(data), val)
     calibration = calibration_tiles(load_patches(Path(data), train))
@@ -150,7 +194,7 @@ def make_variants(
         "fp32": {"bytes": model.stat().st_size, **figures(validation.labels, reference, threshold)},
     }
 
-    int8_path, fp16_path = variant_path(model, "int8"), variant_path(model, "fp16")
+    int8_path, fp16_path = paths["int8"], paths["fp16"]
     quantize_int8(model, int8_path, calibration, fp32.spec)
     to_fp16(model, fp16_path)
     variants = {
@@ -193,15 +237,4 @@ def make_variants(
     report["int8"]["shipped"] = not reasons
     report["int8"]["not_shipped_because"] = "; ".join(reasons) or None
     report["fp16"]["shipped"] = True
-
-    paths = {"int8": int8_path, "fp16": fp16_path}
-    for name, path in paths.items():
-        if report[name]["shipped"]:
-            report[name]["onnx"] = path.name
-        else:
-            path.unlink()
-    for name, path in paths.items():  # each variant carries the whole report, FP32's figures too
-        if report[name]["shipped"]:
-            add_identity(path, {"precision": name, "precision_figures": report})
-    log.info("variants of %s: %s", model, report)
     return report

@@ -87,7 +87,6 @@ def test_choice_per_provider() -> None:
     # Not registered (never made, or INT8 did not earn its place): FP32.
     assert variants.choose("CPUExecutionProvider", "auto", ["fp16"]) == "fp32"
     assert variants.choose("CPUExecutionProvider", "auto", None) == "fp32"
-    assert variants.variant_location("s3://b/m/x.onnx", "int8") == "s3://b/m/x.int8.onnx"
 
 
 def registered() -> dict[str, str]:
