@@ -304,6 +304,10 @@ class ModelOut(BaseModel):
     tile_spec: dict[str, Any]
     test_metrics: dict[str, Any]
     confusion: dict[str, Any]
+    variants: list[Literal["int8", "fp16"]] = Field(
+        description="Precision variants registered beside the FP32 file: a CPU worker runs "
+        "`int8`, a CUDA worker `fp16`, when present."
+    )
     active: bool
     created_at: datetime
 
