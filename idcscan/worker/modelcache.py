@@ -9,11 +9,14 @@ model's registered precision variants it loads the one for its execution provide
 from __future__ import annotations
 
 import hashlib
+import logging
 
 from idcscan.core import variants
 from idcscan.core.onnxmodel import OnnxModel, providers_for
 from idcscan.core.settings import Settings
 from idcscan.core.storage import as_local_file
+
+log = logging.getLogger(__name__)
 
 
 class ModelCache:
@@ -38,6 +41,7 @@ class ModelCache:
         actual = variants.choose(model.provider, self.settings.model_precision, list(registered))
         if actual != precision:
             model = self._open(registered.get(actual, location))
+        log.info("model %s: %s on %s", model.manifest.version, model.precision, model.provider)
         return model
 
     def _open(self, location: str) -> OnnxModel:
