@@ -33,15 +33,17 @@ def register_model(
             f"{path} is the {manifest.precision} variant of a model: register its FP32 file, "
             "which brings its variants along"
         )
+    digest = file_sha256(path)
     found = {p: str(variant_path(path, p)) for p in present_variants(path)}
     for precision, location in found.items():
+        # Made from this very file: a variant left from an earlier model (another input format,
+        # other weights under the same version) would score with the wrong graph.
         variant = read_manifest(Path(location))
-        if variant.version != manifest.version or variant.precision != precision:
+        if variant.precision != precision or variant.identity.get("source_sha256") != digest:
             raise InvalidInput(
-                f"{location} is not the {precision} variant of {manifest.version}; "
+                f"{location} was not made from {path.name} as it is now; "
                 "make it again with `idcscan models variants`"
             )
-    digest = file_sha256(path)
     url = database or get_settings().database
     upgrade(url)
     engine = db.make_engine(url)

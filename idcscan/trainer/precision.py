@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 
 from idcscan.core.metrics import Confusion
-from idcscan.core.onnxmodel import IDENTITY_KEY, OnnxModel
+from idcscan.core.onnxmodel import IDENTITY_KEY, OnnxModel, file_sha256
 from idcscan.core.variants import VARIANTS, variant_path
 from idcscan.trainer.data import PatchSet, load_patches
 from idcscan.trainer.export import quantize_int8, set_metadata
@@ -147,6 +147,7 @@ def make_variants(
     model = Path(model)
     final = {name: variant_path(model, name) for name in VARIANTS}
     partial = {name: path.with_name(f"{path.stem}.part.onnx") for name, path in final.items()}
+    source = file_sha256(model)  # which FP32 file it was made from: `models register` checks
     try:
         report = judge(
             model, data, partial, max_bac_drop, min_speedup, speed_tiles, threads, speed_threads
@@ -156,7 +157,10 @@ def make_variants(
                 report[name]["onnx"] = path.name
         for name, path in final.items():  # each carries the whole report, FP32's figures too
             if report[name]["shipped"]:
-                add_identity(partial[name], {"precision": name, "precision_figures": report})
+                add_identity(
+                    partial[name],
+                    {"precision": name, "precision_figures": report, "source_sha256": source},
+                )
                 partial[name].replace(path)
             else:
                 path.unlink(missing_ok=True)

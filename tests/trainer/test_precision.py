@@ -21,13 +21,16 @@ pytestmark = pytest.mark.train
 TRAIN, VAL = ["p1", "p2", "p3", "p4"], ["p5", "p6"]
 
 
-def model_with_split(path: Path, split: dict[str, list[str]] | None) -> Path:
+def model_with_split(
+    path: Path, split: dict[str, list[str]] | None, version: str = "tiny-split", seed: int = 0
+) -> Path:
     """A small CNN with the tile contract, its identity naming its training/validation patients."""
     import onnx
 
-    build_model(path, TileSpec(model_version="tiny-split", threshold=0.5), widths=(8, 16))
+    spec = TileSpec(model_version=version, threshold=0.5)
+    build_model(path, spec, widths=(8, 16), seed=seed)
     proto = onnx.load(str(path))
-    identity = {"version": "tiny-split", "trained_on": {"split": split or {}}}
+    identity = {"version": version, "trained_on": {"split": split or {}}}
     set_metadata(proto, {IDENTITY_KEY: json.dumps(identity)})
     onnx.save(proto, str(path))
     return path
@@ -97,7 +100,11 @@ def test_a_model_without_its_split_is_a_one_line_error(
 
 
 def test_register_records_the_variants(
-    tiny_dataset: Path, tmp_path: Path, migrated_url: str, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path,
+    tmp_path: Path,
+    migrated_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from tests.trainer.test_registry import models_in
 
@@ -112,4 +119,13 @@ def test_register_records_the_variants(
     assert row.variants == {p: str(variant_path(model, p)) for p in ("int8", "fp16")}
     # A variant is registered through its FP32 model, never on its own.
     assert cli(["models", "register", str(variant_path(model, "int8"))]) == 2
+    assert len(models_in(migrated_url)) == 1
+    # The FP32 file changed (another input format, say) and its variants were not made again:
+    # refused, rather than workers scoring with a stale graph.
+    other = model_with_split(tmp_path / "o.onnx", {"train": TRAIN, "val": VAL}, "tiny-o", seed=1)
+    for precision in ("int8", "fp16"):
+        variant_path(model, precision).replace(variant_path(other, precision))
+    capsys.readouterr()
+    assert cli(["models", "register", str(other)]) == 2
+    assert "was not made from o.onnx" in capsys.readouterr().err
     assert len(models_in(migrated_url)) == 1

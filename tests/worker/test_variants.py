@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from idcscan.core import variants
 from idcscan.core.db import Job, Model, SlideResult, make_engine, make_sessionmaker, transaction
-from idcscan.core.onnxmodel import OnnxModel, reference_model
+from idcscan.core.onnxmodel import OnnxModel, file_sha256, reference_model
 from idcscan.core.settings import Settings, get_settings
 from idcscan.trainer.data import load_patches
 from idcscan.worker.jobs import JobRunner
@@ -51,6 +51,9 @@ def test_fp16_ships_and_int8_only_with_its_figures() -> None:
         fp32 = OnnxModel(REFERENCE, provider="cpu", threads=1)
         assert model.precision == precision and fp32.precision == "fp32"
         assert model.manifest.version == fp32.manifest.version
+        # Made from the FP32 file as it ships: re-make them (`idcscan models variants`) whenever
+        # it changes, or `models register` refuses them.
+        assert model.manifest.identity["source_sha256"] == file_sha256(REFERENCE)
         assert model.spec == fp32.spec  # the same tile contract and threshold
         figures = model.manifest.identity["precision_figures"]
         assert figures["version"] == fp32.manifest.version
