@@ -8,8 +8,9 @@ provider: onnxruntime quietly falls back to the CPU when its CUDA or cuDNN libra
 and a GPU figure measured on the CPU would be a lie. `ceilings` measures tiles/s on real tissue
 (the sample patients' patches, preprocessed, in memory): FP32 with host arrays (a copy in and out
 per batch, as the worker runs it), FP32 with IO binding (input already on the GPU: the card's own
-ceiling), and FP16 (onnxruntime's float16 conversion, float32 input and output kept) with IO
-binding, at the worker's batch and a large one.
+ceiling), and FP16 with IO binding, at the worker's batch and a large one: the model's shipped
+FP16 variant (`idcscan models variants`, what a CUDA worker runs) when it lies beside the model,
+else onnxruntime's float16 conversion made here (float32 input and output kept).
 """
 
 from __future__ import annotations
@@ -135,7 +136,11 @@ def main() -> None:
         figures[f"fp32_host_b{batch}"] = round(rate_host(session, data, batch, args.repeats))
         figures[f"fp32_iobinding_b{batch}"] = round(rate_bound(session, data, batch, args.repeats))
     with tempfile.TemporaryDirectory() as folder:
-        half = float16_model(path, Path(folder) / "fp16.onnx")
+        from idcscan.core.variants import variant_path
+
+        shipped = variant_path(path, "fp16")
+        half = shipped if shipped.is_file() else float16_model(path, Path(folder) / "fp16.onnx")
+        figures["fp16_model"] = half.name if isinstance(half, Path) else None
         if isinstance(half, str):
             figures["fp16"] = half
         else:

@@ -31,6 +31,7 @@ fail() {
   tail -n 20 "$WORK/compose.log" || true
   $COMPOSE --profile cpu ps -a || true
   $COMPOSE --profile cpu logs --tail 40 || true
+  say "FAILED: $*"  # again, last: the logs above are long
   exit 1
 }
 # No GPU worker here (`--scale worker=0`); --no-recreate: some engines would recreate running

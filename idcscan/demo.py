@@ -210,7 +210,11 @@ def _report(client: Client, slides: list[DemoSlide], out: Path) -> bool:
             "scale",
             f"level {result['level']} at {result['level_mpp']:.3g} µm/px → {result['effective_mpp']:.3g} µm/px",
         )
-        table.add_row("model", f"{result['model_version']} (threshold {result['threshold']:.2f})")
+        table.add_row(
+            "model",
+            f"{result['model_version']} {result['model_variant']} "
+            f"(threshold {result['threshold']:.2f})",
+        )
         if result["in_distribution"] is False:
             table.add_row(
                 "stain", f"[yellow]unlike the training data[/yellow]: {result['ood_reason']}"

@@ -32,8 +32,19 @@ def test_the_demo_runs_end_to_end_with_the_reference_model(tmp_path: Path) -> No
     for name in ("patient-8916", "patient-9125", "CMU-1-Small-Region"):
         assert (out / name / "heatmap.png").read_bytes().startswith(b"\x89PNG")
         assert json.loads((out / name / "idc.geojson").read_text())["type"] == "FeatureCollection"
+    # The worker ran the variant of its provider that ships beside the model, and says so.
+    import onnxruntime
+
+    from idcscan.core.onnxmodel import reference_model
+    from idcscan.core.variants import present_variants
+
+    on_cpu = "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    shipped = present_variants(reference_model())
+    wanted = "int8" if on_cpu else "fp16"
+    variant = wanted if wanted in shipped else "fp32"
     for patient in ("patient-8916", "patient-9125"):
         result = json.loads((out / patient / "result.json").read_text())
+        assert result["model_variant"] == variant, result
         assert result["slide_call"] == "idc", result  # both patients have IDC
         assert result["confusion"]["tp"] > 0
         assert result["in_distribution"] is True, result

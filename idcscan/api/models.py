@@ -28,6 +28,7 @@ def model_out(model: Model) -> ModelOut:
         tile_spec=model.tile_spec,
         test_metrics=model.test_metrics,
         confusion=model.confusion,
+        variants=sorted(model.variants or {}),
         active=model.active,
         created_at=aware(model.created_at),
     )

@@ -70,6 +70,7 @@ def result_out(job: Job, result: SlideResult) -> SlideResultOut:
         job_id=job.id,
         model_id=result.model_id,
         model_version=model.version if model else "",
+        model_variant=result.model_variant or "fp32",
         **SlideSummary.from_columns(result).as_dict(),
         confusion=confusion,
         created_at=aware(result.created_at),

@@ -251,6 +251,10 @@ class _ResultOf(BaseModel):
     job_id: uuid.UUID
     model_id: int
     model_version: str
+    model_variant: Literal["fp32", "int8", "fp16"] = Field(
+        description="The model's precision that scored the slide: `int8` on a CPU worker and "
+        "`fp16` on a GPU worker when the model has that variant, `fp32` otherwise."
+    )
 
 
 SlideResultOut = create_model(
@@ -300,6 +304,10 @@ class ModelOut(BaseModel):
     tile_spec: dict[str, Any]
     test_metrics: dict[str, Any]
     confusion: dict[str, Any]
+    variants: list[Literal["int8", "fp16"]] = Field(
+        description="Precision variants registered beside the FP32 file: a CPU worker runs "
+        "`int8`, a CUDA worker `fp16`, when present."
+    )
     active: bool
     created_at: datetime
 

@@ -156,6 +156,9 @@ class Model(Base):
     test_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     confusion: Mapped[dict[str, Any]] = mapped_column(default=dict)
     """tp/fp/tn/fn of the model on its test patients at `threshold`."""
+    variants: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    """Precision -> location of the variants registered beside the FP32 file (`core/variants.py`);
+    null or empty: FP32 only."""
     active: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -284,6 +287,8 @@ class SlideResult(Base):
     eosin_od_sd: Mapped[float | None] = mapped_column(Float)
     far_tile_fraction: Mapped[float | None] = mapped_column(Float)
     stain_distance: Mapped[float | None] = mapped_column(Float)
+    model_variant: Mapped[str | None] = mapped_column(String(8))
+    """The model's precision that scored the slide: fp32, int8 or fp16; null before 0006 (fp32)."""
     heatmap_uri: Mapped[str | None] = mapped_column(Text)
     geojson_uri: Mapped[str | None] = mapped_column(Text)
     tiles_csv_uri: Mapped[str | None] = mapped_column(Text)

@@ -56,6 +56,11 @@ class ModelManifest:
         return self.spec.model_version or str(self.identity.get("version", ""))
 
     @property
+    def precision(self) -> str:
+        """fp32, or the variant (int8, fp16) that `idcscan models variants` wrote."""
+        return str(self.identity.get("precision", "fp32"))
+
+    @property
     def architecture(self) -> str:
         return str(self.identity.get("architecture", "unknown"))
 
@@ -135,6 +140,10 @@ class OnnxModel:
     @property
     def spec(self) -> TileSpec:
         return self.manifest.spec
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
 
     @property
     def provider(self) -> str:

@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     execution_provider: Literal["auto", "cuda", "cpu"] = Field(
         default="auto", description="onnxruntime execution provider: CUDA first when `auto`."
     )
+    model_precision: Literal["auto", "fp32"] = Field(
+        default="auto",
+        description="`auto`: a worker runs the registered variant of its execution provider "
+        "(INT8 on the CPU, FP16 on CUDA; `idcscan models variants`), FP32 where there is none; "
+        "`fp32`: always the FP32 model.",
+    )
     rate_limit: str = Field(
         default="600/minute",
         description="Requests per client, counted after authentication (flask-limiter syntax).",

@@ -96,6 +96,38 @@ def register(subparsers: Any) -> None:
         help="patches (<patient>/<0|1>/*.png) to check parity on (default: random tiles)",
     )
     uint8.set_defaults(func=_models_uint8_input)
+    variants = models_sub.add_parser(
+        "variants",
+        help="write the INT8 (CPU) and FP16 (GPU) variants of a model beside it, with their "
+        "validation figures; INT8 only where it keeps the accuracy and earns its speed",
+    )
+    variants.add_argument("model", type=Path, help="ONNX model file exported by idcscan")
+    variants.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the dataset it trained on, layout <patient>/<0|1>/*.png: calibration on its "
+        "training patients, figures on its validation patients (from the model's identity)",
+    )
+    variants.add_argument(
+        "--max-bac-drop",
+        type=float,
+        default=0.005,
+        help="INT8 ships only if its validation balanced accuracy is at most this much lower",
+    )
+    variants.add_argument(
+        "--min-speedup",
+        type=float,
+        default=1.7,
+        help="INT8 ships only if it scores at least this many times FP32's tiles/s here",
+    )
+    variants.add_argument(
+        "--speed-threads",
+        type=int,
+        default=1,
+        help="onnxruntime threads of the speed check (default 1: per core; 0: all cores)",
+    )
+    variants.set_defaults(func=_models_variants)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -253,4 +285,21 @@ def _models_uint8_input(args: argparse.Namespace) -> int:
         f"{target}: takes uint8 (N, H, W, 3) tiles; probabilities within {difference:.1e} of "
         f"the original on {checked} (tolerance {PARITY_TOLERANCE:.0e})"
     )
+    return 0
+
+
+def _models_variants(args: argparse.Namespace) -> int:
+    from idcscan.trainer.precision import make_variants
+
+    report = make_variants(
+        args.model,
+        args.data,
+        max_bac_drop=args.max_bac_drop,
+        min_speedup=args.min_speedup,
+        speed_threads=args.speed_threads,
+    )
+    print(json.dumps(report, indent=2))
+    int8 = report["int8"]
+    if not int8["shipped"]:
+        print(f"INT8 not shipped: {int8['not_shipped_because']}", file=sys.stderr)
     return 0

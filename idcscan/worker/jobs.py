@@ -83,6 +83,7 @@ class Claim:
     client_id: int
     model_id: int
     model_location: str
+    model_variants: dict[str, str] | None = None
 
 
 class Heartbeat:
@@ -224,6 +225,7 @@ class JobRunner:
                 client_id=job.client_id,
                 model_id=model.id,
                 model_location=model.location,
+                model_variants=model.variants,
             )
 
     # -- run --------------------------------------------------------------------------------
@@ -371,7 +373,7 @@ class JobRunner:
         labels_uri = claim.labels_uri and self._stored(
             claim.labels_uri, "labels", "labels file", "labels-outside-storage"
         )
-        model = self.models.get(claim.model_location)
+        model = self.models.get(claim.model_location, claim.model_variants)
         truth: GroundTruth | None = None
         if labels_uri:
             try:

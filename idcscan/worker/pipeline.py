@@ -221,6 +221,8 @@ class SlideScore:
     cuts and preprocesses regions, and joining blocks into batches); inference (session.run);
     total. The worker adds open, outputs, database and cpu (`JobRunner.run`)."""
     labels: np.ndarray | None = None
+    model_variant: str = "fp32"
+    """The model's precision that scored it (`core/variants.py`), recorded with the result."""
     """int8 per scored tile (-1 unlabelled), once evaluated against ground truth
     (`idcscan.worker.evaluation`)."""
     label_grid: np.ndarray | None = None
@@ -348,6 +350,7 @@ def score_slide(
         probability=probability,
         summary=summarise(plan, probability, check_slide(stain, model.manifest.stain)),
         stain=stain,
+        model_variant=model.precision,
         seconds={
             **seconds,
             "tissue_mask": masked - started,

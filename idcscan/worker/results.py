@@ -36,6 +36,7 @@ def write(
         SlideResult(
             job_id=job_id,
             model_id=model_id,
+            model_variant=score.model_variant,
             **summary.columns(),
             heatmap_uri=uris[outputs.HEATMAP],
             geojson_uri=uris[outputs.GEOJSON],

@@ -72,9 +72,10 @@ def _init_process(sender: Any = None, **_: Any) -> None:
     with _runner.sessions() as session:
         active = session.query(Model).filter(Model.active.is_(True)).one_or_none()
         location = active.location if active is not None else None
+        variants = active.variants if active is not None else None
     if location:
         try:
-            _runner.models.get(location)
+            _runner.models.get(location, variants)
         except Exception:  # a broken registry entry fails the jobs that use it, not the worker
             log.exception("could not load the active model")
 

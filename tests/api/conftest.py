@@ -48,11 +48,18 @@ class Service:
     def add_client(self, name: str | None = None, admin: bool = False) -> str:
         return self.new_client(name, admin)[1]
 
+    def request(
+        self, method: str, path: str, key: str | None = None, **kwargs: Any
+    ) -> requests.Response:
+        timeout = 30 if method == "GET" else 60
+        headers = _auth(key, kwargs)
+        return requests.request(method, self.url + path, headers=headers, timeout=timeout, **kwargs)
+
     def get(self, path: str, key: str | None = None, **kwargs: Any) -> requests.Response:
-        return requests.get(self.url + path, headers=_auth(key, kwargs), timeout=30, **kwargs)
+        return self.request("GET", path, key, **kwargs)
 
     def post(self, path: str, key: str | None = None, **kwargs: Any) -> requests.Response:
-        return requests.post(self.url + path, headers=_auth(key, kwargs), timeout=60, **kwargs)
+        return self.request("POST", path, key, **kwargs)
 
     def submit(
         self, key: str, slide: Path, name: str = "slide.svs", **kwargs: Any

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from idcscan.core.db import AuditEvent, Client, Job
+from idcscan.core.db import AuditEvent, Client, Job, Model
 from tests.conftest import SAMPLE_SVS
 
 from .conftest import KOMBU_NOLOAD, Service, register_model
@@ -115,6 +115,14 @@ def test_admin_activates_a_model_and_manages_clients(service: Service) -> None:
     models = {m["id"]: m["active"] for m in service.get("/v1/models", admin).json()["models"]}
     assert models == {service.model_id: False, other_model: True}
     assert service.get(f"/v1/models/{other_model}", admin).json()["confusion"]["fn"] == 1
+    with service.db() as session:  # as `models register` records the variants beside the file
+        session.get_one(Model, other_model).variants = {
+            "int8": "m.int8.onnx",
+            "fp16": "m.fp16.onnx",
+        }
+        session.commit()
+    variants = {m["id"]: m["variants"] for m in service.get("/v1/models", admin).json()["models"]}
+    assert variants == {service.model_id: [], other_model: ["fp16", "int8"]}
     assert service.get("/v1/models/999", admin).status_code == 404
 
     created = service.post("/v1/clients", admin, json={"name": "hospital-d"})

@@ -152,7 +152,7 @@ def test_the_result_schema_is_the_summary_dataclass(service: Service) -> None:
     """The API restates no field of `SlideSummary` by hand, and its status names are the enum's."""
     document: dict[str, Any] = service.get("/openapi.json").json()
     result = _schema(document, "/v1/jobs/{job_id}/result")
-    envelope = ["job_id", "model_id", "model_version", "confusion", "created_at"]
+    envelope = ["job_id", "model_id", "model_version", "model_variant", "confusion", "created_at"]
     summary = {name for name in result["properties"] if name not in envelope}
     assert summary == {field.name for field in dataclasses.fields(SlideSummary)}
     assert set(summary) <= set(result["required"])

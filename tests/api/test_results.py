@@ -88,10 +88,12 @@ def test_confusion_statistics_by_model_and_period(service: Service) -> None:
         # As a result stored before revision 0005 (no stain check) is.
         stored = session.get_one(SlideResult, job_a)
         stored.in_distribution, stored.stain_distance = None, None
+        stored.model_variant = None  # nor which precision scored it (before revision 0006)
         session.commit()
     result = service.get(f"/v1/jobs/{job_a}/result", key).json()
     assert result["confusion"]["tp"] == 5
     assert result["model_version"] == "test-1"
+    assert result["model_variant"] == "fp32"  # the only precision there was before 0006
     # A result stored without the stain check (as before revision 0005) says so: null, not true.
     assert result["in_distribution"] is None and result["stain_distance"] is None
     tiles = service.get(f"/v1/jobs/{job_a}/tiles", key, params={"format": "csv"})

@@ -87,6 +87,7 @@ def test_worklist_then_viewer_in_chromium(
     assert not any("cdn" in url for url, _ in loaded)
     summary = browser.find_element(By.ID, "summary").text
     assert "Slide call" in summary and "Threshold" in summary
+    assert f"({summaries[idc_patient]['model_variant']})" in summary  # the precision that scored it
     missed = browser.find_element(By.ID, "confusion").text
     assert f"Missed IDC (fn)\n{summaries[idc_patient]['confusion']['fn']}" in missed
     assert len(browser.find_elements(By.CSS_SELECTOR, "#downloads a")) == 5

@@ -77,7 +77,9 @@ def test_the_stack_end_to_end() -> None:
         check=False,
     )
     elapsed = time.monotonic() - started
-    output = (done.stdout + done.stderr)[-6000:]
+    # The script's own progress lines first (which step failed), then the end of its output.
+    steps = "\n".join(line for line in done.stdout.splitlines() if line.startswith("[e2e"))
+    output = steps + "\n...\n" + (done.stdout + done.stderr)[-4000:]
     assert done.returncode == 0, output
     assert "down -v: passed" in done.stdout, output
     print(f"compose end to end: {elapsed:.0f} s\n{done.stdout}")

@@ -58,7 +58,7 @@ def test_database_down_answers_503_on_every_route(
     caplog.clear()
     with caplog.at_level(logging.INFO):
         for method, path in routes:
-            response = service.post(path, key) if method == "POST" else service.get(path, key)
+            response = service.request(method, path, key)
             assert response.status_code == 503, (method, path, response.text)
             assert response.headers["Content-Type"] == "application/problem+json"
             assert int(response.headers["Retry-After"]) > 0

@@ -240,10 +240,10 @@ def test_cancelled_job_stops_and_leaves_nothing(
         """The real model cache; the job is cancelled (as the API's cancel does, through
         jobstate) the moment the worker loads the model to score it."""
 
-        def get(self, location: str) -> OnnxModel:
+        def get(self, location: str, registered: dict[str, str] | None = None) -> OnnxModel:
             with sessions() as session, session.begin():
                 assert jobstate.cancel(session, job_id, now=utcnow())
-            return super().get(location)
+            return super().get(location, registered)
 
     runner = JobRunner(settings, sessions, CancelOnLoad(settings, threads=1))
     assert runner.run(job_id) == "cancelled"

@@ -18,7 +18,7 @@ const SUMMARY_ROWS = [
   ["Mean probability", "mean_probability", (v) => fmt(v)],
   ["Threshold", "threshold", (v) => fmt(v)],
   ["Call rule", "call_rule", (v) => v],
-  ["Model", "model_version", (v) => v],
+  ["Model", "model_version", (v, r) => `${v} (${r.model_variant})`],
   ["Scale read", "effective_mpp", (v) => `${fmt(v, 2)} \u00b5m/px`],
 ];
 
