@@ -107,9 +107,24 @@ class OnnxModel:
         # onnxruntime's idle threads spin by default, taking the cores the slide reader needs
         # while it prepares the next batch; measured: 0.64 -> 0.68 of the bare ceiling on 2 cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(
-            str(self.path), sess_options=options, providers=providers_for(provider)
+        # onnxruntime's load errors share no base class but Exception: these are a file that is
+        # not a usable ONNX graph, which is bad input (one line), not a crash (a traceback).
+        from onnxruntime.capi.onnxruntime_pybind11_state import (
+            Fail,
+            InvalidArgument,
+            InvalidGraph,
+            InvalidProtobuf,
         )
+
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=options, providers=providers_for(provider)
+            )
+        except (Fail, InvalidArgument, InvalidGraph, InvalidProtobuf) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"{self.path} is not an ONNX model onnxruntime can load: {reason}"
+            ) from exc
         if provider == "cuda" and self.provider != "CUDAExecutionProvider":
             # onnxruntime falls back to the CPU, with a log line, when its CUDA or cuDNN
             # libraries do not load: a GPU worker would then run for hours at CPU speed.

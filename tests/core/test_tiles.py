@@ -156,3 +156,19 @@ def test_cuda_asked_for_never_runs_on_the_cpu(
     with pytest.raises(RuntimeError, match="refusing to run on the CPU"):
         OnnxModel(reference_model(), provider="cuda")
     assert OnnxModel(reference_model(), provider="auto").provider == "CPUExecutionProvider"
+
+
+def test_a_file_that_is_not_an_onnx_model_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from idcscan.cli import main as cli
+    from idcscan.core.onnxmodel import OnnxModel
+
+    junk = tmp_path / "model.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not an ONNX model onnxruntime can load"):
+        OnnxModel(junk, provider="cpu")
+    slide = Path(__file__).resolve().parents[2] / "samples" / "wsi" / "CMU-1-Small-Region.svs"
+    assert cli(["score", str(slide), "--model", str(junk), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not an ONNX model" in err and "Traceback" not in err
