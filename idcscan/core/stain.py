@@ -163,6 +163,12 @@ class StainCheck:
     stain_distance: float | None = None
     """Mahalanobis distance of its mean H and E spread from the training patients'."""
 
+    def summary_fields(self) -> dict[str, Any]:
+        """The `SlideSummary` fields it fills (the same names; its reason is `ood_reason`)."""
+        values = asdict(self)
+        values["ood_reason"] = values.pop("reason")
+        return values
+
 
 def slide_figures(features: np.ndarray, reference: StainReference) -> dict[str, float]:
     """A slide's stain figures from its tiles' `tile_features` (at least one measured tile)."""

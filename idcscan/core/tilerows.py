@@ -68,7 +68,7 @@ def score_csv(
     probability: np.ndarray,
     labels: np.ndarray | None,
 ) -> bytes:
-    """The same CSV as `csv_bytes(score_rows(...))`, from the pipeline's arrays: each column is
+    """The scored tiles' CSV (the text `csv_bytes` writes) from the pipeline's arrays: each column is
     converted in one call and the rows written by csv's C loop, no Python statement per tile (a
     full-size slide has 10^5 tiles)."""
     out = io.StringIO()
@@ -95,35 +95,6 @@ def json_row(row: TileRow) -> dict[str, Any]:
     if values["probability"] is not None:
         values["probability"] = round(float(values["probability"]), PROBABILITY_DECIMALS)
     return values
-
-
-def score_rows(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    probability: np.ndarray,
-    labels: np.ndarray | None,
-) -> Iterator[dict[str, Any]]:
-    """Scored tiles as rows from the pipeline's arrays; a label below 0 (unlabelled) is None."""
-    label_list = labels.tolist() if labels is not None else [None] * len(rows)
-    for r, c, tx, ty, p, label in zip(
-        rows.tolist(),
-        cols.tolist(),
-        x.tolist(),
-        y.tolist(),
-        probability.tolist(),
-        label_list,
-        strict=True,
-    ):
-        yield {
-            "row": r,
-            "col": c,
-            "x": tx,
-            "y": ty,
-            "probability": p,
-            "label": None if label is None or label < 0 else label,
-        }
 
 
 def idc_feature(

@@ -285,14 +285,7 @@ def summarise(
         level=plan.level,
         level_mpp=plan.level_mpp,
         effective_mpp=plan.effective_mpp,
-        in_distribution=stain.in_distribution,
-        ood_reason=stain.reason,
-        haematoxylin_od=stain.haematoxylin_od,
-        haematoxylin_od_sd=stain.haematoxylin_od_sd,
-        eosin_od=stain.eosin_od,
-        eosin_od_sd=stain.eosin_od_sd,
-        far_tile_fraction=stain.far_tile_fraction,
-        stain_distance=stain.stain_distance,
+        **stain.summary_fields(),
     )
 
 

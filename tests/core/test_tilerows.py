@@ -10,16 +10,45 @@ from idcscan.core import tilerows
 from idcscan.core.labels import GridGeometry, parse_labels
 
 
-def _scored() -> list[dict[str, object]]:
-    return list(
-        tilerows.score_rows(
-            rows=np.array([0, 1]),
-            cols=np.array([2, 0]),
-            x=np.array([100, 0]),
-            y=np.array([0, 50]),
-            probability=np.array([0.25, 0.875], dtype=np.float32),
-            labels=np.array([1, -1], dtype=np.int8),
+def rows_of(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    probability: np.ndarray,
+    labels: np.ndarray | None,
+) -> list[dict[str, object]]:
+    """Scored tiles as rows, one dict each; a label below 0 (unlabelled) is None."""
+    marks = labels.tolist() if labels is not None else [None] * len(rows)
+    return [
+        {
+            "row": r,
+            "col": c,
+            "x": tx,
+            "y": ty,
+            "probability": p,
+            "label": None if m is None or m < 0 else m,
+        }
+        for r, c, tx, ty, p, m in zip(
+            rows.tolist(),
+            cols.tolist(),
+            x.tolist(),
+            y.tolist(),
+            probability.tolist(),
+            marks,
+            strict=True,
         )
+    ]
+
+
+def _scored() -> list[dict[str, object]]:
+    return rows_of(
+        rows=np.array([0, 1]),
+        cols=np.array([2, 0]),
+        x=np.array([100, 0]),
+        y=np.array([0, 50]),
+        probability=np.array([0.25, 0.875], dtype=np.float32),
+        labels=np.array([1, -1], dtype=np.int8),
     )
 
 
@@ -86,4 +115,4 @@ def test_the_fast_csv_of_a_slide_is_the_same_text_as_the_row_writer() -> None:
     }
     for labels in (None, rng.integers(-1, 2, n).astype(np.int8)):
         fast = tilerows.score_csv(**arrays, labels=labels)
-        assert fast == tilerows.csv_bytes(tilerows.score_rows(**arrays, labels=labels))
+        assert fast == tilerows.csv_bytes(rows_of(**arrays, labels=labels))
