@@ -89,17 +89,9 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _summary(result: SlideResult, missed: int | None) -> WorklistSummary:
-    return WorklistSummary(
-        slide_call=SlideCall(result.slide_call),
-        idc_area_mm2=result.idc_area_mm2,
-        max_probability=result.max_probability,
-        idc_tiles=result.idc_tiles,
-        tissue_tiles=result.tissue_tiles,
-        threshold=result.threshold,
-        missed_idc=missed,
-        in_distribution=result.in_distribution,
-        ood_reason=result.ood_reason,
-    )
+    """The stored summary's columns the worklist shows (named as in `SlideSummary`)."""
+    shown = (name for name in WorklistSummary.model_fields if name != "missed_idc")
+    return WorklistSummary(**{name: getattr(result, name) for name in shown}, missed_idc=missed)
 
 
 @bp.get("/worklist")
