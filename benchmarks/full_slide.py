@@ -312,7 +312,9 @@ def one_vs_two_passes(slide_path: Path, model: OnnxModel, repeats: int) -> dict[
         "two_passes_cpu_s": median([r[1] for r in two]),
         "two_passes_tissue_mask_s": median([r[2] for r in two]),
         "wall_ratio": median([b[0] / a[0] for a, b in zip(one, two, strict=True)]),
+        "wall_ratio_per_pair": [round(b[0] / a[0], 2) for a, b in zip(one, two, strict=True)],
         "cpu_ratio": median([b[1] / a[1] for a, b in zip(one, two, strict=True)]),
+        "cpu_ratio_per_pair": [round(b[1] / a[1], 2) for a, b in zip(one, two, strict=True)],
         "pairs": repeats,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
