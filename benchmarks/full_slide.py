@@ -20,7 +20,11 @@ Measured in the same run, so that the figures are ratios, not absolute numbers o
    SQLite + SQL transport unless --database and --broker are given): submit-to-result seconds (job
    committed and published until the poll sees it finished), slides/hour, the worker's own
    breakdown (its `succeeded` log line: open, tissue mask, reader's work, inference, outputs,
-   database, CPU seconds) and its peak memory.
+   database, CPU seconds) and its peak memory;
+3. one pass against two, in this process: `score_slide` reading each block once (the mask built
+   by the reader pool, what the worker does on this slide) and with `single_pass=False` (the
+   whole mask first, then the tissue blocks), alternating, wall and CPU seconds, each ratio
+   taken per pair.
 """
 
 from __future__ import annotations
@@ -37,11 +41,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from benchmarks._common import ROOT, benchmark_model
+
+if TYPE_CHECKING:
+    from idcscan.core.onnxmodel import OnnxModel
 
 FULL_WIDTH, FULL_HEIGHT, MPP = 100_000, 80_000, 0.25
 DOWNSAMPLES = (1, 4, 16)
@@ -264,6 +272,54 @@ class Limits:
             self.model.run(batch)
 
 
+# -- one pass against two -----------------------------------------------------------------------
+
+
+def one_vs_two_passes(slide_path: Path, model: OnnxModel, repeats: int) -> dict[str, object]:
+    """`score_slide` with each block read once and with two passes (`single_pass=False`),
+    alternating which goes first; the medians, and each ratio (two passes' seconds over one
+    pass's) taken per pair, then the median."""
+    from idcscan.core.settings import get_settings
+    from idcscan.core.slides import open_slide
+    from idcscan.worker.pipeline import score_slide
+
+    settings = get_settings()
+    runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    for repeat in range(repeats):
+        for single_pass in (True, False) if repeat % 2 == 0 else (False, True):
+            with open_slide(slide_path) as slide:
+                wall, cpu = time.perf_counter(), time.process_time()
+                score = score_slide(
+                    slide,
+                    model,
+                    batch_size=settings.batch_size,
+                    readers=settings.reader_threads,
+                    single_pass=single_pass,
+                )
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if score.single_pass != single_pass:
+                raise SystemExit("this slide's mask and tiles do not read the same blocks")
+            runs[single_pass].append((wall, cpu, score.seconds["tissue_mask"]))
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3)
+
+    one, two = runs[True], runs[False]
+    return {
+        "one_pass_s": median([r[0] for r in one]),
+        "two_passes_s": median([r[0] for r in two]),
+        "one_pass_cpu_s": median([r[1] for r in one]),
+        "two_passes_cpu_s": median([r[1] for r in two]),
+        "two_passes_tissue_mask_s": median([r[2] for r in two]),
+        "wall_ratio": median([b[0] / a[0] for a, b in zip(one, two, strict=True)]),
+        "wall_ratio_per_pair": [round(b[0] / a[0], 2) for a, b in zip(one, two, strict=True)],
+        "cpu_ratio": median([b[1] / a[1] for a, b in zip(one, two, strict=True)]),
+        "cpu_ratio_per_pair": [round(b[1] / a[1], 2) for a, b in zip(one, two, strict=True)],
+        "pairs": repeats,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
 # -- a real worker ------------------------------------------------------------------------------
 
 
@@ -456,6 +512,11 @@ def main() -> None:
     parser.add_argument(
         "--build-only", action="store_true", help="build (or find) the slide and stop"
     )
+    parser.add_argument(
+        "--passes-only",
+        action="store_true",
+        help="only compare one pass with two, in this process (no worker)",
+    )
     args = parser.parse_args()
     if not 0 < args.scale <= 1:
         raise SystemExit("--scale must be in (0, 1]")
@@ -466,8 +527,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="idcscan-full-slide-"))
     model_path = benchmark_model(work, args.model)
     limits = Limits(slide, model_path, args.threads)
-    runs, wall_s = through_worker(args, work, slide, model_path, limits)
-    result = report(limits.facts, runs, wall_s, args.workers)
+    passes = one_vs_two_passes(slide, limits.model, args.repeats)
+    if args.passes_only:
+        result: dict[str, object] = {**limits.facts}
+    else:
+        runs, wall_s = through_worker(args, work, slide, model_path, limits)
+        result = report(limits.facts, runs, wall_s, args.workers)
+    result["one_vs_two_passes"] = passes
     result["slide"] = slide.name
     result["model"] = model_path.name
     print(json.dumps(result, indent=2))

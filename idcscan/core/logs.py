@@ -23,6 +23,7 @@ CONTEXT_FIELDS = (
     "status",
     "duration_ms",
     "seconds",  # a job's time by stage (worker): numbers only
+    "single_pass",  # whether the worker read each block once for the mask and the tiles
     "peak_rss_mb",  # the worker process's peak memory after a job
 )
 

@@ -366,7 +366,9 @@ class JobRunner:
         heartbeat.set_deadline(self.deadline_s(slide_bytes, 0))
 
         def progress(done: int, total: int) -> None:
-            if heartbeat.total is None:  # the tiles are known: the deadline grows with them
+            # The first total sets the deadline's share for the tiles: the tissue tiles after a
+            # mask pass, or every tile of the grid in a single pass (an upper bound: `score_slide`).
+            if heartbeat.total is None:
                 heartbeat.set_deadline(self.deadline_s(slide_bytes, total))
             heartbeat.progress(done, total)
 
@@ -441,7 +443,12 @@ class JobRunner:
             "job %s: succeeded, %d tiles",
             claim.job_id,
             len(score.rows),
-            extra={"job_id": str(claim.job_id), "seconds": seconds, "peak_rss_mb": peak_rss_mb()},
+            extra={
+                "job_id": str(claim.job_id),
+                "seconds": seconds,
+                "single_pass": score.single_pass,
+                "peak_rss_mb": peak_rss_mb(),
+            },
         )
         return "succeeded"
 

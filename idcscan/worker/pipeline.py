@@ -2,7 +2,10 @@
 
 A pool of reader threads reads regions, cuts tiles and preprocesses them (`read_blocks`); one
 thread assembles them into full batches while the calling thread runs onnxruntime (which releases
-the GIL); bounded queues between them keep memory bounded whatever the slide's size. A model that
+the GIL); bounded queues between them keep memory bounded whatever the slide's size. Where the
+tissue mask reads the same regions as the tiles (the common case), the pool reads every block of
+the grid once and the tissue map is put together from them on the way (`scan_blocks`): inference
+starts with the first block instead of after a whole mask pass. A model that
 takes uint8 tiles (`TileSpec.input_format`) gets them as cut: its normalisation runs in its graph. The queue worker (`tasks`) and `idcscan score` both call
 `score_slide`; neither knows about the other. Ground truth is not read here: a caller that has
 it evaluates the score afterwards (`evaluation`).
@@ -15,11 +18,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
-from functools import cached_property
-from typing import Any
+from functools import cached_property, partial
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -32,18 +35,27 @@ from idcscan.core.summary import SlideCall, SlideSummary
 from idcscan.core.tiles import to_model_input
 from idcscan.worker.tiling import (
     Cancelled,
+    MaskPiece,
+    MaskPlan,
     StopCheck,
+    TileBlock,
     TilePlan,
     TissueMap,
+    TissueMapBuilder,
     find_tissue,
+    grid_blocks,
     plan_tiling,
     read_tile_block,
+    scan_block,
+    single_pass_mask,
     tile_block_boxes,
 )
 
 log = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 # Batches prepared ahead of inference; each is batch_size tiles of model input (1.9 MB at
 # 256 x 50 x 50 uint8, 7.7 MB as float32).
@@ -62,13 +74,59 @@ class Batch:
     """float32 (n, 4): each tile's H and E optical density and spread (`core.stain`)."""
 
 
-def _prepare(slide: Slide, plan: TilePlan, tissue: np.ndarray, box: Box) -> Batch:
-    """One block read, cut and preprocessed, in a reader thread. The stain figures are taken
-    here, beside the preprocessing: they cost no inference time."""
-    block = read_tile_block(slide, plan, tissue, box)
+def _batch_of(block: TileBlock, plan: TilePlan) -> Batch:
+    """A block's tiles preprocessed, in a reader thread. The stain figures are taken here, beside
+    the preprocessing: they cost no inference time."""
     return Batch(
         block.rows, block.cols, to_model_input(block.tiles, plan.spec), tile_features(block.tiles)
     )
+
+
+def _prepare(slide: Slide, plan: TilePlan, tissue: np.ndarray, box: Box) -> Batch:
+    return _batch_of(read_tile_block(slide, plan, tissue, box), plan)
+
+
+@dataclass
+class ScannedBlock:
+    """One block of the grid, read once (the single pass): its share of the tissue map and its
+    tissue tiles, prepared (None where it holds none)."""
+
+    mask: MaskPiece
+    batch: Batch | None
+
+
+def _scan(slide: Slide, plan: TilePlan, mask: MaskPlan, box: Box) -> ScannedBlock:
+    piece, tiles = scan_block(slide, plan, mask, box)
+    return ScannedBlock(piece, None if tiles is None else _batch_of(tiles, plan))
+
+
+def _pooled(
+    work: Callable[[Item], Result],
+    items: Iterable[Item],
+    readers: int,
+    should_stop: StopCheck | None,
+) -> Generator[Result, None, None]:
+    """`work(item)` for each item, in their order, run by `readers` threads.
+
+    OpenSlide, Pillow and numpy release the GIL while they decode, resample and copy, so the
+    threads read regions in parallel. At most `BLOCKS_AHEAD_PER_READER` items per thread are in
+    flight (memory stays bounded); `should_stop` is asked before each item is handed out, and on
+    the way out the items not yet started are cancelled: a cancelled job stops within one
+    region read per thread."""
+    in_flight: deque[Future[Result]] = deque()
+    with ThreadPoolExecutor(readers, thread_name_prefix="idcscan-reader") as pool:
+        try:
+            for item in items:
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                in_flight.append(pool.submit(work, item))
+                if len(in_flight) >= readers * BLOCKS_AHEAD_PER_READER:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:
+            for future in in_flight:
+                future.cancel()
 
 
 def read_blocks(
@@ -77,28 +135,86 @@ def read_blocks(
     tissue: np.ndarray,
     readers: int,
     should_stop: StopCheck | None = None,
-) -> Iterator[Batch]:
-    """The prepared tissue blocks of the slide in row-major order, read by `readers` threads.
+) -> Generator[Batch, None, None]:
+    """The prepared tissue blocks of the slide in row-major order, read by `readers` threads
+    (`_pooled`), after the tissue mask (two passes)."""
+    prepare = partial(_prepare, slide, plan, tissue)
+    return _pooled(prepare, tile_block_boxes(plan, tissue), readers, should_stop)
 
-    OpenSlide, Pillow and numpy release the GIL while they decode, resample and copy, so the
-    threads read regions in parallel. At most `BLOCKS_AHEAD_PER_READER` blocks per thread are in
-    flight (memory stays bounded); `should_stop` is asked before each block is handed out, and on
-    the way out the blocks not yet started are cancelled: a cancelled job stops within one
-    region read per thread."""
-    in_flight: deque[Future[Batch]] = deque()
-    with ThreadPoolExecutor(readers, thread_name_prefix="idcscan-reader") as pool:
+
+def scan_blocks(
+    slide: Slide,
+    plan: TilePlan,
+    mask: MaskPlan,
+    readers: int,
+    should_stop: StopCheck | None = None,
+) -> Generator[ScannedBlock, None, None]:
+    """Every block of the grid in row-major order, each read once by one of `readers` threads
+    (`_pooled`) for both its share of the tissue map and its prepared tissue tiles (one pass)."""
+    blocks = grid_blocks(plan.grid.rows, plan.grid.cols, plan.block)
+    return _pooled(partial(_scan, slide, plan, mask), blocks, readers, should_stop)
+
+
+class _Passes(Protocol):
+    """Where a scoring run's batches and tissue map come from."""
+
+    blocks: Iterator[Batch]
+    tiles_bound: int
+    """The tissue tiles, or an upper bound on them while they are not known yet."""
+
+    def tissue_map(self) -> TissueMap:
+        """Complete once `blocks` is exhausted."""
+        ...
+
+
+class _TwoPasses:
+    """The tissue mask read first, in this thread; then the tissue blocks, by the reader pool."""
+
+    def __init__(
+        self, slide: Slide, plan: TilePlan, readers: int, should_stop: StopCheck | None
+    ) -> None:
+        self._tissue = find_tissue(slide, plan, should_stop)
+        self.tiles_bound = int(self._tissue.tissue.sum())
+        self.blocks: Iterator[Batch] = read_blocks(
+            slide, plan, self._tissue.tissue, readers, should_stop
+        )
+
+    def tissue_map(self) -> TissueMap:
+        return self._tissue
+
+
+class _OnePass:
+    """Every block read once by the reader pool (`scan_blocks`); the tissue map is put together
+    in the batch thread as the blocks go by. `tiles_bound` starts at every tile of the grid and
+    falls as blocks are read (tissue tiles found plus every tile of the blocks not read yet): the
+    tissue tiles are only known once the last block is in."""
+
+    def __init__(
+        self,
+        slide: Slide,
+        plan: TilePlan,
+        mask: MaskPlan,
+        readers: int,
+        should_stop: StopCheck | None,
+    ) -> None:
+        self._builder = TissueMapBuilder(mask)
+        self.tiles_bound = plan.grid.rows * plan.grid.cols
+        self.blocks = self._batches(scan_blocks(slide, plan, mask, readers, should_stop))
+
+    def _batches(self, scanned: Generator[ScannedBlock, None, None]) -> Iterator[Batch]:
         try:
-            for box in tile_block_boxes(plan, tissue):
-                if should_stop is not None and should_stop():
-                    raise Cancelled()
-                in_flight.append(pool.submit(_prepare, slide, plan, tissue, box))
-                if len(in_flight) >= readers * BLOCKS_AHEAD_PER_READER:
-                    yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
+            for block in scanned:
+                self._builder.add(block.mask)
+                _, _, nr, nc = block.mask.box
+                found = 0 if block.batch is None else len(block.batch.rows)
+                self.tiles_bound -= nr * nc - found  # one store: the scoring thread reads it
+                if block.batch is not None:
+                    yield block.batch
         finally:
-            for future in in_flight:
-                future.cancel()
+            scanned.close()  # cancels the pool's blocks not yet started, now
+
+    def tissue_map(self) -> TissueMap:
+        return self._builder.result()
 
 
 def _joined(parts: list[Batch]) -> Batch:
@@ -216,10 +332,14 @@ class SlideScore:
     stain: np.ndarray | None = None
     """float32 (n, 4) per scored tile: `core.stain.tile_features` (NaN where too little stain)."""
     seconds: dict[str, float] = field(default_factory=dict)
-    """Where the time went: tissue_mask; tiles (reading and inference, overlapped); read (the
-    batch thread's time producing batches: waiting on the reader pool, which reads, resamples,
-    cuts and preprocesses regions, and joining blocks into batches); inference (session.run);
-    total. The worker adds open, outputs, database and cpu (`JobRunner.run`)."""
+    """Where the time went: tissue_mask (before the first tile is read: the mask pass with two
+    passes, planning only with one, where the readers build the mask inside `tiles`); tiles
+    (reading and inference, overlapped); read (the batch thread's time producing batches: waiting
+    on the reader pool, which reads, resamples, cuts and preprocesses regions (and, in a single
+    pass, takes each block's share of the mask), and joining blocks into batches); inference
+    (session.run); total. The worker adds open, outputs, database and cpu (`JobRunner.run`)."""
+    single_pass: bool = False
+    """Whether each block was read once for both the tissue mask and the tiles (`score_slide`)."""
     labels: np.ndarray | None = None
     model_variant: str = "fp32"
     """The model's precision that scored it (`core/variants.py`), recorded with the result."""
@@ -297,28 +417,42 @@ def score_slide(
     readers: int = 2,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: StopCheck | None = None,
+    single_pass: bool = True,
 ) -> SlideScore:
-    """Score every tissue tile of `slide` with `model`; `on_progress(done, total)` after each batch.
-    `readers`: threads reading the slide (`read_blocks`).
+    """Score every tissue tile of `slide` with `model`. `readers`: threads reading the slide.
+
+    `single_pass`: where the tissue mask would read the very regions the tiles are read from
+    (`tiling.single_pass_mask`), read each once (`scan_blocks`); the result is the same as with
+    two passes, the mask first (`find_tissue`) and then the tissue blocks (`read_blocks`), which
+    other geometries take and False forces (the benchmarks' baseline).
+
+    `on_progress(done, total)`: at the start and after each batch, tiles scored and tissue tiles
+    in all. In a single pass the tissue tiles are known only once the last block is read: until
+    then `total` is an upper bound that only falls (`_OnePass`); the last call is (total, total).
 
     Scoring only: the caller that has ground truth evaluates the score against it afterwards
     (`idcscan.worker.evaluation.evaluate`)."""
     started = time.perf_counter()
     plan = plan_tiling(slide, model.spec)
-    tissue = find_tissue(slide, plan, should_stop)
-    total = int(tissue.tissue.sum())
+    mask = single_pass_mask(slide, plan) if single_pass else None
+    passes: _Passes = (
+        _TwoPasses(slide, plan, readers, should_stop)
+        if mask is None
+        else _OnePass(slide, plan, mask, readers, should_stop)
+    )
     masked = time.perf_counter()
-    if on_progress:
-        on_progress(0, total)
-    rows = np.empty(total, dtype=np.int32)
-    cols = np.empty(total, dtype=np.int32)
-    probability = np.empty(total, dtype=np.float32)
-    stain = np.empty((total, len(STAIN_FEATURES)), dtype=np.float32)
+    capacity = passes.tiles_bound
+    rows = np.empty(capacity, dtype=np.int32)
+    cols = np.empty(capacity, dtype=np.int32)
+    probability = np.empty(capacity, dtype=np.float32)
+    stain = np.empty((capacity, len(STAIN_FEATURES)), dtype=np.float32)
     done = 0
+    reported = (0, capacity)
+    if on_progress:
+        on_progress(*reported)
     inference = 0.0
     seconds: dict[str, float] = {}
-    blocks = read_blocks(slide, plan, tissue.tissue, readers, should_stop)
-    batches = timed(_batches(blocks, batch_size), seconds, "read")
+    batches = timed(_batches(passes.blocks, batch_size), seconds, "read")
     for batch in prefetch(batches, PREFETCH_BATCHES):
         if should_stop and should_stop():
             raise Cancelled()
@@ -330,10 +464,16 @@ def score_slide(
         probability[done : done + n] = out
         stain[done : done + n] = batch.stain
         done += n
+        reported = (done, passes.tiles_bound)
         if on_progress:
-            on_progress(done, total)
+            on_progress(*reported)
+    tissue = passes.tissue_map()
+    total = int(tissue.tissue.sum())
     if done != total:
         raise RuntimeError(f"scored {done} tiles of {total}")
+    if on_progress and reported != (total, total):
+        on_progress(total, total)
+    rows, cols, probability, stain = rows[:total], cols[:total], probability[:total], stain[:total]
     finished = time.perf_counter()
     return SlideScore(
         plan=plan,
@@ -344,6 +484,7 @@ def score_slide(
         summary=summarise(plan, probability, check_slide(stain, model.manifest.stain)),
         stain=stain,
         model_variant=model.precision,
+        single_pass=mask is not None,
         seconds={
             **seconds,
             "tissue_mask": masked - started,

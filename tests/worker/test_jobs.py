@@ -396,6 +396,7 @@ def test_the_job_logs_where_its_time_went(
     (record,) = [r for r in caplog.records if hasattr(r, "seconds")]
     seconds = record.seconds
     assert record.peak_rss_mb > 50  # the interpreter, numpy and onnxruntime at least
+    assert record.single_pass is False  # its mask reads level 2, its tiles level 0
     stages = ("open", "tissue_mask", "read", "inference", "outputs", "database", "total", "cpu")
     assert set(stages) <= set(seconds)
     assert all(seconds[stage] > 0 for stage in stages)
