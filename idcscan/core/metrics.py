@@ -91,25 +91,31 @@ class Confusion:
 
 
 def _ranked(
-    labels: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Cumulative true positives and predicted positives at each distinct score, highest first,
-    with the distinct scores and the class counts."""
+    with the distinct scores and the positives' total; each tile counts `weights` (1 each when
+    None)."""
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
+    w = np.ones(y.size) if weights is None else np.asarray(weights, dtype=np.float64)
     order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
+    s, y, w = s[order], y[order], w[order]
     distinct = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
-    tps = np.cumsum(y)[distinct]
-    return tps, distinct + 1, s[distinct], int(y.sum())
+    tps = np.cumsum(w * y)[distinct]
+    predicted = np.cumsum(w)[distinct]
+    return tps, predicted, s[distinct], float(w[y].sum())
 
 
-def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False-positive rate, true-positive rate and thresholds, one point per distinct score."""
-    tps, predicted, thresholds, positives = _ranked(labels, scores)
-    negatives = np.asarray(labels).size - positives
-    tpr = np.r_[0.0, tps / max(positives, 1)]
-    fpr = np.r_[0.0, (predicted - tps) / max(negatives, 1)]
+def roc_curve(
+    labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rate, true-positive rate and thresholds, one point per distinct score;
+    `weights` weigh tiles (e.g. `patient_weights`: every patient counts alike)."""
+    tps, predicted, thresholds, positives = _ranked(labels, scores, weights)
+    negatives = predicted[-1] - positives
+    tpr = np.r_[0.0, tps / positives] if positives > 0 else np.zeros(tps.size + 1)
+    fpr = np.r_[0.0, (predicted - tps) / negatives] if negatives > 0 else np.zeros(tps.size + 1)
     return fpr, tpr, np.r_[np.inf, thresholds]
 
 
@@ -121,13 +127,21 @@ def precision_recall_curve(
     return tps / predicted, tps / max(positives, 1), thresholds
 
 
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+def auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
     """Area under the ROC curve (trapezoidal; ties handled); NaN when one class is absent."""
     y = np.asarray(labels).astype(bool)
     if y.all() or not y.any():
         return float("nan")
-    fpr, tpr, _ = roc_curve(y, scores)
+    fpr, tpr, _ = roc_curve(y, scores, weights)
     return float(np.trapezoid(tpr, fpr))
+
+
+def patient_weights(patients: np.ndarray) -> np.ndarray:
+    """Per-tile weights under which every patient weighs the same, whatever its tile count: a
+    split's few complete slides (a thousand tiles each) would otherwise outvote its many sampled
+    patients (at most 70 each)."""
+    _, index, counts = np.unique(np.asarray(patients), return_inverse=True, return_counts=True)
+    return (1.0 / counts)[index]
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -62,8 +62,11 @@ def fit_temperature(labels: np.ndarray, margins: np.ndarray) -> float:
     return float(np.exp((low + high) / 2.0))
 
 
-def fit_platt(labels: np.ndarray, margins: np.ndarray) -> tuple[float, float]:
-    """(temperature, bias) minimising the validation NLL of `sigmoid(margin / T + b)`.
+def fit_platt(
+    labels: np.ndarray, margins: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(temperature, bias) minimising the validation NLL of `sigmoid(margin / T + b)`, each tile
+    counting `weights` (1 each when None; `patient_weights`: every patient alike).
 
     Newton's method on (1/T, b), the NLL being convex in both; a negative slope (a model worse
     than chance on validation) is refused rather than shipped upside down.
@@ -72,17 +75,19 @@ def fit_platt(labels: np.ndarray, margins: np.ndarray) -> tuple[float, float]:
     if y.all() or not y.any():
         raise ValueError("calibrating needs validation patches of both classes")
     m = np.asarray(margins, dtype=np.float64)
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
     theta = np.array([1.0 / fit_temperature(y, m), 0.0])  # start from the temperature alone
     design = np.stack([m, np.ones_like(m)], axis=1)
 
     def nll(t: np.ndarray) -> float:
         z = design @ t
-        return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
+        return float(np.sum(w * (np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y))))
 
     for _ in range(50):
         p = sigmoid(design @ theta)
-        gradient = design.T @ (p - y) / len(y)
-        hessian = (design * (p * (1 - p))[:, None]).T @ design / len(y) + 1e-9 * np.eye(2)
+        gradient = design.T @ (w * (p - y))
+        hessian = (design * (w * p * (1 - p))[:, None]).T @ design + 1e-9 * np.eye(2)
         step = np.linalg.solve(hessian, gradient)
         scale = 1.0
         while nll(theta - scale * step) > nll(theta) and scale > 1e-6:  # backtracking

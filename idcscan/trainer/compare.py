@@ -43,6 +43,7 @@ from idcscan.trainer.evaluate import (
     fold_summary,
     json_safe,
     split_report,
+    validation_weights,
 )
 from idcscan.trainer.export import export_run, split_identity, torch_probabilities, update_identity
 from idcscan.trainer.options import add_compare_arguments
@@ -325,7 +326,9 @@ def finalize(
             runs[0], out / "best.onnx", val_set.tiles, val_set.labels, args.int8, stain
         )
         return "tta-1", {"tta-1": summary}, load_run(runs[0])[0]
-    tta = tta_cross_validation(runs, splits, patches, args.threshold_rule, args.min_sensitivity)
+    tta = tta_cross_validation(
+        runs, splits, patches, args.threshold_rule, args.min_sensitivity, args.validation_weights
+    )
     # The ensemble's threshold: the rule applied to the members' pooled held-out probabilities
     # (each member's honest output on patients it never saw), as no patient is unseen by all.
     pooled = [np.load(run / "predictions.npz") for run in runs]
@@ -334,6 +337,9 @@ def finalize(
         np.concatenate([p["test_probabilities"] for p in pooled]),
         args.threshold_rule,
         args.min_sensitivity,
+        validation_weights(
+            np.concatenate([p["test_patients"] for p in pooled]), args.validation_weights
+        ),
     )
     variants, graphs = export_variants(
         runs, best_fold, tta, ensemble_threshold, out / "variants", val_set

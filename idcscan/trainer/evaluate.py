@@ -9,6 +9,10 @@ The decision threshold is chosen on the validation patients, never on test. Rule
   best specificity that still finds 90% of IDC.
 - `balanced-accuracy`: the threshold that maximises balanced accuracy on validation (Youden's J);
   of equal maxima, the highest threshold.
+
+Validation figures (the epoch kept, the calibration, the threshold) weigh tiles by
+`--validation-weights`: `patch` counts every tile once, so a fold's few complete slides (about a
+thousand tiles each) decide; `patient` gives every validation patient the same weight.
 """
 
 from __future__ import annotations
@@ -19,12 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from idcscan.core.metrics import binary_report, roc_curve
+from idcscan.core.metrics import binary_report, patient_weights, roc_curve
 
 if TYPE_CHECKING:
     from idcscan.trainer.data import PatchSet
 
 THRESHOLD_RULES = ("sensitivity", "balanced-accuracy")
+VALIDATION_WEIGHTS = ("patch", "patient")
+
+
+def validation_weights(patients: np.ndarray, how: str) -> np.ndarray | None:
+    """Per-tile weights of the validation figures (see the module's docstring); None: all 1."""
+    if how not in VALIDATION_WEIGHTS:
+        raise ValueError(f"unknown validation weights {how!r}; choose from {VALIDATION_WEIGHTS}")
+    return patient_weights(patients) if how == "patient" else None
 
 
 def choose_threshold(
@@ -32,12 +44,14 @@ def choose_threshold(
     probabilities: np.ndarray,
     rule: str = "sensitivity",
     min_sensitivity: float = 0.90,
+    weights: np.ndarray | None = None,
 ) -> float:
-    """The decision threshold on validation scores by `rule` (see the module's docstring)."""
+    """The decision threshold on validation scores by `rule` (see the module's docstring), each
+    tile counting `weights` (1 each when None)."""
     labels = np.asarray(labels).astype(bool)
     if labels.all() or not labels.any():
         raise ValueError("choosing a threshold needs validation patches of both classes")
-    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    fpr, tpr, thresholds = roc_curve(labels, probabilities, weights)
     # Drop the (0, 0) point at threshold +inf: it predicts nothing positive.
     fpr, tpr, thresholds = fpr[1:], tpr[1:], thresholds[1:]
     if rule == "balanced-accuracy":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from idcscan.trainer.balance import STRATEGIES
-from idcscan.trainer.evaluate import THRESHOLD_RULES
+from idcscan.trainer.evaluate import THRESHOLD_RULES, VALIDATION_WEIGHTS
 from idcscan.trainer.splits import SPLIT_METHODS
 
 ARCHITECTURES = ("alexnet", "resnet18", "densenet121")
@@ -58,6 +58,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold-rule", default="sensitivity", choices=THRESHOLD_RULES)
     parser.add_argument(
         "--min-sensitivity", type=float, default=0.90, help="for --threshold-rule sensitivity"
+    )
+    parser.add_argument(
+        "--validation-weights",
+        default="patch",
+        choices=VALIDATION_WEIGHTS,
+        help="how validation tiles weigh in the epoch kept, the calibration and the threshold: "
+        "each tile once, or each patient alike (see idcscan.trainer.evaluate)",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all)")

@@ -207,6 +207,7 @@ def reproduce_command(settings: dict[str, Any]) -> str:
         "weight_decay",
         "patience",
         "threshold_rule",
+        "validation_weights",
     ):
         if name in settings:
             parts += [f"--{name.replace('_', '-')}", str(settings[name])]
@@ -262,6 +263,8 @@ def model_card(report: dict[str, Any], metrics: dict[str, Any]) -> str:
         rule += f" (highest threshold with validation sensitivity >= {metrics['min_sensitivity']})"
     else:
         rule += " (the threshold maximising balanced accuracy on the validation patients)"
+    if metrics.get("validation_weights") == "patient":
+        rule += "; every validation patient weighs the same"
     data = metrics["data"]
     lines = [
         f"# Model card: {shipped['version']}",

@@ -46,7 +46,12 @@ from idcscan.trainer.augment import (
 )
 from idcscan.trainer.calibration import expected_calibration_error, fit_platt, sigmoid
 from idcscan.trainer.data import PatchSet, find_patients, load_patches, patient_counts
-from idcscan.trainer.evaluate import choose_threshold, json_safe, split_report
+from idcscan.trainer.evaluate import (
+    choose_threshold,
+    json_safe,
+    split_report,
+    validation_weights,
+)
 from idcscan.trainer.models import build_model, load_pretrained
 from idcscan.trainer.options import add_train_arguments
 from idcscan.trainer.splits import Split, cv_split, make_split
@@ -238,6 +243,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         test_set.counts(),
     )
 
+    val_weights = validation_weights(val_set.patients, args.validation_weights)
     spec = TileSpec()
     train_preset, eval_preset = training_preset(spec, args.augment), ClassificationPresetEval(spec)
 
@@ -314,7 +320,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
             val_margins = evaluate(
                 model, val_set, eval_preset, device, progress=progress, description="validation"
             )
-            figures["val_auroc"] = auroc(val_set.labels, val_margins)
+            figures["val_auroc"] = auroc(val_set.labels, val_margins, val_weights)
             state["history"].append({"epoch": epoch + 1, **figures})
             state["epoch"] = epoch + 1
             if figures["val_auroc"] > state["best_auroc"]:
@@ -363,10 +369,14 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
         )
         # Calibrate first, then threshold the calibrated probabilities (the order the ONNX
         # graph applies them in); both are fitted on validation alone.
-        temperature, bias = fit_platt(val_set.labels, val_margins)
+        temperature, bias = fit_platt(val_set.labels, val_margins, val_weights)
         val_probabilities = sigmoid(val_margins / temperature + bias)
         threshold = choose_threshold(
-            val_set.labels, val_probabilities, args.threshold_rule, args.min_sensitivity
+            val_set.labels,
+            val_probabilities,
+            args.threshold_rule,
+            args.min_sensitivity,
+            val_weights,
         )
         # The test patients are scored once, with the model and threshold fixed on validation.
         test_margins = evaluate(
@@ -400,6 +410,7 @@ def main(args: argparse.Namespace, patches: PatchSet | None = None) -> dict[str,
             "min_sensitivity": args.min_sensitivity
             if args.threshold_rule == "sensitivity"
             else None,
+            "validation_weights": args.validation_weights,
             "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"],
             "split": {**split.as_dict(), "set_aside_test": list(final_test)},

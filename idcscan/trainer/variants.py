@@ -28,7 +28,12 @@ from idcscan.core.onnxmodel import OnnxModel
 from idcscan.core.tiles import TileSpec, to_model_input
 from idcscan.trainer.calibration import expected_calibration_error, fit_platt, sigmoid
 from idcscan.trainer.data import PatchSet
-from idcscan.trainer.evaluate import choose_threshold, fold_summary, split_report
+from idcscan.trainer.evaluate import (
+    choose_threshold,
+    fold_summary,
+    split_report,
+    validation_weights,
+)
 from idcscan.trainer.export import export_graph, identity, load_run, model_version, run_spec
 from idcscan.trainer.models import (
     TTA_ORDER,
@@ -82,6 +87,7 @@ def tta_cross_validation(
     patches: PatchSet,
     threshold_rule: str,
     min_sensitivity: float,
+    weights: str = "patch",
 ) -> dict[int, dict[str, Any]]:
     """For each view count, per fold: calibration and threshold fitted on validation, figures and
     calibration error on the held-out patients; and their summary over folds."""
@@ -91,11 +97,16 @@ def tta_cross_validation(
     for run, split in zip(runs, splits, strict=True):
         val, held_out = patches.of_patients(split.val), patches.of_patients(split.test)
         val_margins, held_margins = _fold_view_margins(run, val, held_out)
+        val_weights = validation_weights(val.patients, weights)
         for views in TTA_VIEWS:
             val_mean = val_margins[:views].mean(axis=0)
-            temperature, bias = fit_platt(val.labels, val_mean)
+            temperature, bias = fit_platt(val.labels, val_mean, val_weights)
             threshold = choose_threshold(
-                val.labels, sigmoid(val_mean / temperature + bias), threshold_rule, min_sensitivity
+                val.labels,
+                sigmoid(val_mean / temperature + bias),
+                threshold_rule,
+                min_sensitivity,
+                val_weights,
             )
             held_mean = held_margins[:views].mean(axis=0)
             held_probabilities = sigmoid(held_mean / temperature + bias)

@@ -76,3 +76,12 @@ def test_platt_refuses_a_model_worse_than_chance() -> None:
     labels, margins = overconfident(n=2_000)
     with pytest.raises(ValueError, match="worse than chance"):
         fit_platt(labels, -margins)
+
+
+def test_platt_weights_equal_repeated_tiles() -> None:
+    labels, margins = overconfident(n=3_000, seed=4)
+    repeats = np.random.default_rng(4).integers(1, 5, labels.size)
+    weighted = fit_platt(labels, margins, repeats.astype(float))
+    repeated = fit_platt(np.repeat(labels, repeats), np.repeat(margins, repeats))
+    assert weighted == pytest.approx(repeated, rel=1e-6)
+    assert weighted != pytest.approx(fit_platt(labels, margins), rel=1e-3)

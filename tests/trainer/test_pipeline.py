@@ -29,6 +29,23 @@ def test_training_writes_figures_threshold_and_checkpoints(trained_run: Path) ->
     assert metrics["history"][0]["epoch"] == 1
 
 
+def test_patient_weighted_validation_keeps_the_sensitivity_floor_per_patient(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from idcscan.core.metrics import patient_weights
+    from idcscan.trainer import train
+    from tests.trainer.conftest import training_args
+
+    out = tmp_path / "weighted"
+    metrics = train.main(training_args(tiny_dataset, out, validation_weights="patient"))
+    assert metrics["validation_weights"] == "patient"
+    saved = np.load(out / "predictions.npz")
+    weights = patient_weights(saved["val_patients"])
+    idc = saved["val_labels"] == 1
+    found = idc & (saved["val_probabilities"] >= metrics["threshold"])
+    assert weights[found].sum() / weights[idc].sum() >= 0.9
+
+
 def test_interrupted_training_resumes_where_it_stopped(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

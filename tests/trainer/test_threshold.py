@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from idcscan.core.metrics import Confusion
-from idcscan.trainer.evaluate import choose_threshold, split_report
+from idcscan.core.metrics import Confusion, auroc
+from idcscan.trainer.evaluate import choose_threshold, split_report, validation_weights
 
 RNG = np.random.default_rng(7)
 LABELS = RNG.integers(0, 2, 400)
@@ -50,3 +50,34 @@ def test_split_report_per_patient_adds_up() -> None:
     assert set(per_patient) == {"a", "b"}
     for key in ("tp", "fp", "tn", "fn"):
         assert per_patient["a"][key] + per_patient["b"][key] == report["overall"][key]
+
+
+def test_patient_weights_let_every_patient_count_alike() -> None:
+    # Patient "big" has 300 tiles, each of the others 20: unweighted, "big" sets the threshold.
+    rng = np.random.default_rng(11)
+    patients = np.array(["big"] * 300 + [f"p{i}" for i in range(10) for _ in range(20)])
+    labels = rng.integers(0, 2, patients.size)
+    scores = np.where(patients == "big", 0.3, 0.0) + 0.4 * labels + rng.normal(0, 0.1, labels.size)
+    weights = validation_weights(patients, "patient")
+    totals = {p: weights[patients == p].sum() for p in set(patients.tolist())}
+    assert all(total == pytest.approx(1.0) for total in totals.values())
+    assert validation_weights(patients, "patch") is None
+    threshold = choose_threshold(labels, scores, "sensitivity", 0.9, weights)
+    found = labels.astype(bool) & (scores >= threshold)
+    weighted_sensitivity = weights[found].sum() / weights[labels == 1].sum()
+    assert weighted_sensitivity >= 0.9
+    # With 10 small patients weighing 10 times the big one, the cut follows them: it is lower
+    # than the unweighted rule's, which "big"'s shifted scores pull up.
+    assert threshold < choose_threshold(labels, scores, "sensitivity", 0.9)
+    with pytest.raises(ValueError, match="unknown validation weights"):
+        validation_weights(patients, "slide")
+
+
+def test_integer_weights_equal_repeated_tiles() -> None:
+    repeats = np.random.default_rng(5).integers(1, 4, LABELS.size)
+    labels, scores = np.repeat(LABELS, repeats), np.repeat(SCORES, repeats)
+    for rule in ("sensitivity", "balanced-accuracy"):
+        assert choose_threshold(LABELS, SCORES, rule, 0.9, repeats) == choose_threshold(
+            labels, scores, rule, 0.9
+        )
+    assert auroc(LABELS, SCORES, repeats) == pytest.approx(auroc(labels, scores))
