@@ -1,4 +1,4 @@
-"""Subcommands of the trainer: `train`, `compare`, `export`, `evaluate`, `models register`.
+"""Subcommands of the trainer: `train`, `compare`, `export`, `threshold-floors`, `evaluate`, `models`.
 
 Light at import: torch, onnx and onnxruntime are imported inside the handlers, and `evaluate` and
 `models register` never import torch at all.
@@ -40,6 +40,23 @@ def register(subparsers: Any) -> None:
         help="also write <name>-int8.onnx and measure its accuracy change",
     )
     export.set_defaults(func=_export)
+
+    floors = subparsers.add_parser(
+        "threshold-floors",
+        help="what the sensitivity rule's floor gives on held-out patients, fold by fold",
+    )
+    floors.add_argument(
+        "config", type=Path, help="one configuration's folder of a comparison (its fold-* runs)"
+    )
+    floors.add_argument(
+        "--floors",
+        type=float,
+        nargs="+",
+        default=[0.90, 0.92, 0.94, 0.95],
+        help="validation sensitivity floors to try",
+    )
+    floors.add_argument("--json", action="store_true", help="print JSON")
+    floors.set_defaults(func=_threshold_floors)
 
     evaluate = subparsers.add_parser("evaluate", help="figures of an ONNX model on a patch folder")
     evaluate.add_argument("--model", required=True, help="ONNX model file")
@@ -193,6 +210,14 @@ def _export(args: argparse.Namespace) -> int:
         run, Path(args.out), patches.tiles, patches.labels, int8=args.int8, stain=stain
     )
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _threshold_floors(args: argparse.Namespace) -> int:
+    from idcscan.trainer.floors import fold_predictions, markdown, study
+
+    rows = study(fold_predictions(args.config), args.floors)
+    print(json.dumps(rows, indent=2) if args.json else markdown(rows))
     return 0
 
 
