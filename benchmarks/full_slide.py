@@ -41,15 +41,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from benchmarks._common import ROOT, benchmark_model
-
-if TYPE_CHECKING:
-    from idcscan.core.onnxmodel import OnnxModel
 
 FULL_WIDTH, FULL_HEIGHT, MPP = 100_000, 80_000, 0.25
 DOWNSAMPLES = (1, 4, 16)
@@ -275,16 +271,19 @@ class Limits:
 # -- one pass against two -----------------------------------------------------------------------
 
 
-def one_vs_two_passes(slide_path: Path, model: OnnxModel, repeats: int) -> dict[str, object]:
+def one_vs_two_passes(slide_path: Path, limits: Limits, repeats: int) -> dict[str, object]:
     """`score_slide` with each block read once and with two passes (`single_pass=False`),
-    alternating which goes first; the medians, and each ratio (two passes' seconds over one
-    pass's) taken per pair, then the median."""
+    alternating which goes first, and the limits after each pair; the medians, and each ratio
+    (two passes' seconds over one pass's; bare onnxruntime's over one pass's) taken per round,
+    then the median."""
     from idcscan.core.settings import get_settings
     from idcscan.core.slides import open_slide
     from idcscan.worker.pipeline import score_slide
 
     settings = get_settings()
+    model = limits.model
     runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    bare: list[float] = []
     for repeat in range(repeats):
         for single_pass in (True, False) if repeat % 2 == 0 else (False, True):
             with open_slide(slide_path) as slide:
@@ -300,6 +299,7 @@ def one_vs_two_passes(slide_path: Path, model: OnnxModel, repeats: int) -> dict[
             if score.single_pass != single_pass:
                 raise SystemExit("this slide's mask and tiles do not read the same blocks")
             runs[single_pass].append((wall, cpu, score.seconds["tissue_mask"]))
+        bare.append(limits.measure()["bare_inference_s"])
 
     def median(values: list[float]) -> float:
         return round(statistics.median(values), 3)
@@ -315,6 +315,8 @@ def one_vs_two_passes(slide_path: Path, model: OnnxModel, repeats: int) -> dict[
         "wall_ratio_per_pair": [round(b[0] / a[0], 2) for a, b in zip(one, two, strict=True)],
         "cpu_ratio": median([b[1] / a[1] for a, b in zip(one, two, strict=True)]),
         "cpu_ratio_per_pair": [round(b[1] / a[1], 2) for a, b in zip(one, two, strict=True)],
+        # The issue's figure for `score_slide` itself, in this process (no queue, no worker).
+        "one_pass_vs_bare_inference": median([b / a[0] for a, b in zip(one, bare, strict=True)]),
         "pairs": repeats,
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
@@ -527,7 +529,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="idcscan-full-slide-"))
     model_path = benchmark_model(work, args.model)
     limits = Limits(slide, model_path, args.threads)
-    passes = one_vs_two_passes(slide, limits.model, args.repeats)
+    passes = one_vs_two_passes(slide, limits, args.repeats)
     if args.passes_only:
         result: dict[str, object] = {**limits.facts}
     else:
