@@ -23,8 +23,6 @@ from idcscan.core.metrics import binary_report
 from idcscan.trainer.calibration import sigmoid
 from idcscan.trainer.evaluate import VALIDATION_WEIGHTS, choose_threshold, validation_weights
 
-DEFAULT_FLOORS = (0.90, 0.92, 0.94, 0.95)
-
 
 def fold_predictions(config: Path) -> list[dict[str, np.ndarray]]:
     """The saved predictions of every finished fold of one configuration, in fold order."""
@@ -39,7 +37,7 @@ def fold_predictions(config: Path) -> list[dict[str, np.ndarray]]:
 
 def study(
     folds: list[dict[str, np.ndarray]],
-    floors: Sequence[float] = DEFAULT_FLOORS,
+    floors: Sequence[float],
     weightings: Sequence[str] = VALIDATION_WEIGHTS,
 ) -> list[dict[str, Any]]:
     """One row per (weighting, floor): held-out figures over the folds."""
