@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 
 SCORE_TASK = "idcscan.score_job"
 QUEUE = "idcscan"
+# kombu's Redis clients wait for an answer for ever by default: a frozen Redis (its port still
+# open, nothing answering: a paused container, a host swapping) would hold a submit's publish,
+# the reconciler and the API's readiness with it. 5 s is redis-py's own default for its clients;
+# the consumer's blocking reads return every second, well within it.
+REDIS_TIMEOUTS = {"socket_timeout": 5, "socket_connect_timeout": 5}
 
 
 def reliability(settings: Settings) -> dict[str, Any]:
@@ -66,7 +71,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # a message held by a dead worker is not redelivered by the broker. The reconciler
         # re-publishes the job from the database instead (lease expired -> queued).
         return {"connect_args": {"timeout": 30}} if "sqlite" in settings.broker else {}
-    return {"visibility_timeout": settings.visibility_timeout_s}
+    return {"visibility_timeout": settings.visibility_timeout_s, **REDIS_TIMEOUTS}
 
 
 class IdcscanCelery(Celery):
@@ -115,12 +120,12 @@ def queue_depth(settings: Settings) -> int | None:
     job then waits in vain. When the queue is empty, the reconciler knows that every job still
     queued after a lease has lost its message, instead of waiting out the visibility window.
     """
-    if not settings.broker.startswith(("redis://", "rediss://")):
+    if not settings.broker_is_redis:
         return None
     from kombu import Connection
 
     with (
-        Connection(settings.broker, connect_timeout=2) as connection,
+        Connection(settings.broker, transport_options=REDIS_TIMEOUTS) as connection,
         connection.channel() as channel,
     ):
         # Not passive: a Redis queue that lost its key reads as empty, not as an error.
@@ -128,8 +133,12 @@ def queue_depth(settings: Settings) -> int | None:
 
 
 def ping_broker(settings: Settings) -> None:
-    """Raise when the broker cannot be reached within two seconds (the API's `/readyz`)."""
+    """Raise when the broker does not answer within two seconds (the API's `/readyz`, which a
+    container healthcheck gives 5 s)."""
     from kombu import Connection
 
-    with Connection(settings.broker, connect_timeout=2) as connection:
+    options = transport_options(settings)
+    if settings.broker_is_redis:
+        options |= {"socket_timeout": 2, "socket_connect_timeout": 2}
+    with Connection(settings.broker, connect_timeout=2, transport_options=options) as connection:
         connection.ensure_connection(max_retries=1, timeout=2)

@@ -23,16 +23,12 @@ def _shared_storage(settings: Settings) -> bool:
     return not settings.rate_limit_storage_url.startswith("memory://")
 
 
-def _redis_broker(settings: Settings) -> bool:
-    return settings.broker.startswith(("redis://", "rediss://"))
-
-
 def api_processes(settings: Settings, asked: int) -> int:
     """How many gunicorn workers to run: `asked`, or by default 2 x CPUs + 1 (at most 8), or one
     when rate limits could only be counted in each process's memory."""
     if asked:
         return asked
-    if not _shared_storage(settings) and not _redis_broker(settings):
+    if not _shared_storage(settings) and not settings.broker_is_redis:
         log.info("one API process: rate limits are counted in its memory (embedded mode)")
         return 1
     return min(2 * multiprocessing.cpu_count() + 1, 8)
@@ -47,7 +43,7 @@ def shared_rate_limits(settings: Settings, workers: int) -> Settings:
     """
     if workers <= 1 or _shared_storage(settings):
         return settings
-    if _redis_broker(settings):
+    if settings.broker_is_redis:
         log.warning(
             "IDCSCAN_RATE_LIMIT_STORAGE_URL is memory://, which %d API processes would each "
             "count apart; counting rate limits in the broker's Redis instead",

@@ -206,6 +206,10 @@ class Settings(BaseSettings):
     def broker(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
 
+    @property
+    def broker_is_redis(self) -> bool:
+        return self.broker.startswith(("redis://", "rediss://"))
+
     @cached_property
     def storage(self) -> str:
         return self.storage_url or str(self.data_dir / "storage")

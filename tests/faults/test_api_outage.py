@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -110,3 +111,72 @@ def test_broker_down_at_submit_is_published_by_the_next_reconciler_round(
     assert len(service.published()) == 1
     # Published now: the next round leaves it alone while it waits in line.
     assert reconcile(settings, service.db, lambda j: publish_job(j, settings)).republished == []
+
+
+def test_a_frozen_redis_answers_503_instead_of_hanging(
+    postgres_url: str,
+    own_redis: RedisServer,
+    serve: Callable[[Settings], Service],
+    tmp_path: Path,
+) -> None:
+    """Redis stopped mid-flight (SIGSTOP: its port still accepts, nothing answers), as a host
+    under memory pressure or a paused container leaves it. The rate limiter counts every request
+    in Redis: without socket timeouts each request would wait forever on its answer, and the API
+    would hang with it. It answers 503 broker-unavailable instead, and recovers by itself."""
+    upgrade(postgres_url)
+    settings = get_settings(
+        data_dir=tmp_path / "data",
+        database_url=postgres_url,
+        broker_url=own_redis.url,
+        rate_limit_storage_url=own_redis.url,
+    )
+    service = serve(settings)
+    key = service.add_client()
+    assert service.get("/v1/jobs", key).status_code == 200
+
+    own_redis.freeze()
+    try:
+        # Service.get gives up after 30 s: a hang fails the test, it does not stall it.
+        response = service.get("/v1/jobs", key)
+        assert response.status_code == 503, response.text
+        assert response.json()["type"] == "urn:idcscan:problem:broker-unavailable"
+        assert int(response.headers["Retry-After"]) > 0
+    finally:
+        own_redis.thaw()
+    assert service.get("/v1/jobs", key).status_code == 200
+
+
+def test_a_frozen_redis_broker_neither_hangs_a_submit_nor_readiness(
+    postgres_url: str,
+    own_redis: RedisServer,
+    serve: Callable[[Settings], Service],
+    tmp_path: Path,
+) -> None:
+    """The broker frozen (rate limits counted in memory): a submit commits its job and answers
+    202, its publish left to the reconciler as when Redis is down, and `/readyz` says 503 within
+    the container healthcheck's 5 s, instead of both waiting on Redis for ever."""
+    from idcscan.core.db import Job
+    from tests.api.conftest import plain_tiff
+
+    upgrade(postgres_url)
+    service = serve(
+        get_settings(
+            data_dir=tmp_path / "data", database_url=postgres_url, broker_url=own_redis.url
+        )
+    )
+    key = service.add_client()
+    assert service.get("/readyz").status_code == 200
+
+    own_redis.freeze()
+    try:
+        response = service.submit(key, plain_tiff(tmp_path / "s.tiff", mpp=0.5), name="s.tiff")
+        assert response.status_code == 202, response.text
+        with service.db() as session:
+            job = session.get(Job, uuid.UUID(response.json()["id"]))
+            assert job is not None and job.published_at is None
+        started = time.monotonic()
+        assert service.get("/readyz").status_code == 503
+        assert time.monotonic() - started < 5
+    finally:
+        own_redis.thaw()
+    assert service.get("/readyz").status_code == 200
