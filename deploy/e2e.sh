@@ -57,7 +57,13 @@ wait_healthy() {
   done
 }
 
-api() { curl -sS --fail-with-body --cacert "$WORK/tls/tls.crt" -H "Authorization: Bearer $KEY" "$@"; }
+# As a hospital's client should: a 503 (database or broker unavailable, as for a moment after
+# a restart) is retried after its Retry-After, for up to two minutes; a submit can be retried
+# safely because it carries an Idempotency-Key.
+api() {
+  curl -sS --fail-with-body --retry 8 --retry-max-time 120 --cacert "$WORK/tls/tls.crt" \
+    -H "Authorization: Bearer $KEY" "$@"
+}
 URL=https://localhost:$IDCSCAN_API_PORT
 
 submit() {  # submit KEY -> job id, over HTTPS through the proxy
@@ -169,7 +175,8 @@ wait_healthy
 migrate_logs=$($COMPOSE --profile cpu logs migrate)
 grep -q "database at head" <<<"$migrate_logs" || fail "migrate did not run"
 for job in "$FIRST" "$KILLED" "$AFTER"; do
-  [ "$(api "$URL/v1/jobs/$job" | jq -r .status)" = succeeded ] || fail "job $job lost"
+  status=$(api "$URL/v1/jobs/$job" | jq -r .status) || status="unreachable (see the api's log)"
+  [ "$status" = succeeded ] || fail "job $job: $status after the restart"
 done
 AGAIN=$(submit after-upgrade)
 wait_job "$AGAIN"
