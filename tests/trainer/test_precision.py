@@ -5,6 +5,7 @@ go with their figures, calibrated on its training patients and judged on its val
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,43 @@ def test_variants_of_any_model_with_their_figures(
         for name in ("balanced_accuracy", "max_abs_difference", "bytes"):
             assert name in figures[precision]
     assert report["int8"]["tiles_per_s"] > 0 and report["int8"]["speedup"] > 0
+
+
+@pytest.mark.parametrize(
+    ("mean", "reads_tiles"), [((0.5, 0.5, 0.5), True), ((0.4, 0.5, 0.6), False)]
+)
+def test_int8_of_a_uint8_model_reads_the_tiles_as_cut(
+    tiny_dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mean: tuple[float, float, float],
+    reads_tiles: bool,
+) -> None:
+    """The normalisation inside a uint8 model's graph is the INT8 graph's first dequantization:
+    no float prefix is left to run over every pixel. Channels normalised differently would need
+    a per-channel zero point (which integer convolution does not take): they keep the prefix."""
+    import onnx
+
+    from idcscan.trainer.uint8input import convert
+
+    model = model_with_split(tmp_path / "m.onnx", {"train": TRAIN, "val": VAL})
+    proto = onnx.load(str(model))
+    spec = TileSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
+    set_metadata(proto, replace(spec, mean=mean).to_metadata())
+    onnx.save(convert(proto), str(model))
+    argv = ["models", "variants", str(model), "--data", str(tiny_dataset), "--min-speedup", "0"]
+    assert cli(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert abs(report["int8"]["balanced_accuracy_change"]) <= 0.05
+    int8 = onnx.load(str(variant_path(model, "int8")))
+    ops = {node.op_type for node in int8.graph.node}
+    first = [
+        n
+        for n in int8.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] == "idcscan_nchw"
+    ]
+    assert ("Cast" not in ops and "Mul" not in ops and len(first) == 1) is reads_tiles
+    assert OnnxModel(variant_path(model, "int8"), provider="cpu").spec.mean == mean
 
 
 def test_int8_not_shipped_outside_its_limits(
