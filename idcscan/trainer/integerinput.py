@@ -11,8 +11,9 @@ the tiles: (x - 255*mean) / (255*std) = scale * (x - zero_point) with scale = 1/
 zero_point = 255*mean, rounded to an integer. So the quantizer is told to quantize the
 normalised tiles with exactly that scale and zero point (`quant_overrides`), and the prefix with
 its QuantizeLinear is then cut out (`feed_uint8_tiles`): the DequantizeLinear that fed the first
-convolution reads the uint8 tiles directly, and onnxruntime fuses it into an integer QLinearConv
-on the tiles as cut. The one approximation is the rounded zero point: for mean 0.5 every pixel
+convolution reads the uint8 tiles directly (through the prefix's NHWC -> NCHW Transpose, on the
+bytes, even where onnxruntime's pre-processing had moved it into the float arithmetic), and
+onnxruntime fuses it into an integer QLinearConv on the tiles as cut. The one approximation is the rounded zero point: for mean 0.5 every pixel
 reads half a quantization step (0.5/255 of the intensity range) darker, which is below the
 quantization error the prefix itself made, and the validation figures judge it as always.
 
@@ -26,10 +27,12 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from idcscan.core.tiles import UINT8_NHWC, TileSpec
 from idcscan.trainer.uint8input import NORMALISED
+
+PREFIX_OPS = {"Mul", "Sub", "Transpose", "QuantizeLinear", "DequantizeLinear"}
 
 
 def input_quantization(spec: TileSpec) -> tuple[np.ndarray, np.ndarray] | None:
@@ -68,17 +71,23 @@ def feed_uint8_tiles(model: onnx.ModelProto, spec: TileSpec) -> bool:
         n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == NORMALISED
     )
     producers = {output: node for node in graph.node for output in node.output}
-    cast = _prefix_cast(producers, NORMALISED)
-    if params is None or quantize is None or cast is None:
+    prefix = _prefix(producers, NORMALISED)
+    if params is None or quantize is None or prefix is None:
         return False
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     scale, zero_point = (constants.get(name) for name in quantize.input[1:3])
     if scale is None or zero_point is None or scale != params[0] or zero_point != params[1]:
         return False
+    cast, perm = prefix
+    tiles = cast.input[0]
+    if perm is not None:  # the layout change, moved into the float arithmetic: on the bytes again
+        tiles = f"{NORMALISED}_uint8"
+        transpose = helper.make_node("Transpose", [cast.input[0]], [tiles], perm=perm)
+        graph.node.insert(list(graph.node).index(cast), transpose)
     for node in graph.node:
         for index, name in enumerate(node.input):
             if name == quantize.output[0]:
-                node.input[index] = cast.input[0]
+                node.input[index] = tiles
     _prune(graph)
     return True
 
@@ -88,13 +97,22 @@ def _only(nodes: Iterable[onnx.NodeProto]) -> onnx.NodeProto | None:
     return found[0] if len(found) == 1 else None
 
 
-def _prefix_cast(producers: dict[str, onnx.NodeProto], normalised: str) -> onnx.NodeProto | None:
-    """The Cast that turns the uint8 tiles into floats, walking up from the normalised tiles
-    through the prefix's arithmetic (Mul, Sub, and what the quantizer put between them)."""
+def _prefix(
+    producers: dict[str, onnx.NodeProto], normalised: str
+) -> tuple[onnx.NodeProto, list[int] | None] | None:
+    """The Cast that turns the uint8 tiles into floats, and the permutation of the Transposes met
+    on the way (None if none), walking up from the normalised tiles through the prefix: its
+    arithmetic (Sub, Mul: the same for every channel, so their order with a Transpose does not
+    matter), what the quantizer put between them, and a Transpose that the pre-processing's
+    optimizer may have moved below the Cast (it does in test-time-augmentation graphs)."""
+    perm: list[int] | None = None
     node = producers.get(normalised)
-    while node is not None and node.op_type in {"Mul", "Sub", "QuantizeLinear", "DequantizeLinear"}:
+    while node is not None and node.op_type in PREFIX_OPS:
+        if node.op_type == "Transpose":
+            inner = list(helper.get_attribute_value(node.attribute[0]))
+            perm = inner if perm is None else [inner[axis] for axis in perm]
         node = producers.get(node.input[0])
-    return node if node is not None and node.op_type == "Cast" else None
+    return (node, perm) if node is not None and node.op_type == "Cast" else None
 
 
 def _prune(graph: onnx.GraphProto) -> None:

@@ -8,6 +8,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from idcscan.cli import main as cli
@@ -162,3 +163,30 @@ def test_register_records_the_variants(
     assert cli(["models", "register", str(other)]) == 2
     assert "was not made from o.onnx" in capsys.readouterr().err
     assert len(models_in(migrated_url)) == 1
+
+
+def test_int8_of_a_test_time_augmentation_graph_reads_the_tiles_too(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """In a TTA graph onnxruntime's pre-processing moves the prefix's NHWC -> NCHW Transpose into
+    the float arithmetic; the INT8 graph still reads the bytes, transposed as bytes."""
+    import onnx
+    import torch
+
+    from idcscan.trainer.data import load_patches
+    from idcscan.trainer.export import quantize_int8, to_onnx
+    from idcscan.trainer.models import ProbabilityHead, ScoringGraph, build_model
+
+    torch.manual_seed(0)
+    network = ProbabilityHead(build_model("resnet18", 0.125).eval())
+    spec = TileSpec(model_version="tta")
+    model, int8 = tmp_path / "tta.onnx", tmp_path / "tta.int8.onnx"
+    to_onnx(ScoringGraph([network], views=4).eval(), model, spec, {"version": "tta"})
+    tiles = load_patches(tiny_dataset, TRAIN).tiles
+    quantize_int8(model, int8, tiles, OnnxModel(model, provider="cpu").spec)
+    graph = onnx.load(str(int8)).graph
+    (transpose,) = [n for n in graph.node if "tiles" in n.input]
+    assert transpose.op_type == "Transpose" and "Cast" not in {n.op_type for n in graph.node}
+    assert [n.op_type for n in graph.node if transpose.output[0] in n.input] == ["DequantizeLinear"]
+    expected = OnnxModel(model, provider="cpu").predict(tiles)
+    assert np.abs(OnnxModel(int8, provider="cpu").predict(tiles) - expected).max() < 0.1
