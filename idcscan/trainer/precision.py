@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -161,6 +162,8 @@ def make_variants(
                     partial[name],
                     {"precision": name, "precision_figures": report, "source_sha256": source},
                 )
+                # readable by whoever reads the FP32 file (a worker), not only under our umask
+                shutil.copymode(model, partial[name])
                 partial[name].replace(path)
             else:
                 path.unlink(missing_ok=True)

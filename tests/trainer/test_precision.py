@@ -190,3 +190,16 @@ def test_int8_of_a_test_time_augmentation_graph_reads_the_tiles_too(
     assert [n.op_type for n in graph.node if transpose.output[0] in n.input] == ["DequantizeLinear"]
     expected = OnnxModel(model, provider="cpu").predict(tiles)
     assert np.abs(OnnxModel(int8, provider="cpu").predict(tiles) - expected).max() < 0.1
+
+
+def test_variants_are_as_readable_as_their_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The command's private umask (files 0600, for patient data) would hide a variant from a
+    worker that runs as another user and reads the FP32 file beside it."""
+    import stat
+
+    model = model_with_split(tmp_path / "m.onnx", {"train": TRAIN, "val": VAL})
+    model.chmod(0o644)
+    argv = ["models", "variants", str(model), "--data", str(tiny_dataset), "--min-speedup", "0"]
+    assert cli(argv) == 0
+    for precision in ("int8", "fp16"):
+        assert stat.S_IMODE(variant_path(model, precision).stat().st_mode) == 0o644
