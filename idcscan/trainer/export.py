@@ -27,6 +27,7 @@ from idcscan.core.metrics import Confusion
 from idcscan.core.onnxmodel import IDENTITY_KEY, INPUT_NAME, OUTPUT_NAME, OnnxModel
 from idcscan.core.stain import StainReference
 from idcscan.core.tiles import UINT8_NHWC, TileSpec, normalise, to_model_input
+from idcscan.trainer.integerinput import feed_uint8_tiles, quant_overrides
 from idcscan.trainer.models import ProbabilityHead, build_model
 from idcscan.trainer.uint8input import with_uint8_input
 
@@ -159,7 +160,8 @@ def torch_probabilities(model: torch.nn.Module, tiles: np.ndarray, spec: TileSpe
 
 
 def quantize_int8(source: Path, target: Path, tiles: np.ndarray, spec: TileSpec) -> None:
-    """Static QDQ INT8 quantisation calibrated on `tiles`; the metadata is carried over."""
+    """Static QDQ INT8 quantisation calibrated on `tiles`; the metadata is carried over. A model
+    that takes uint8 tiles reads them as its first quantized tensor (`integerinput`)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -190,10 +192,13 @@ def quantize_int8(source: Path, target: Path, tiles: np.ndarray, spec: TileSpec)
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=True,
+        extra_options=quant_overrides(spec),
     )
     prepared.unlink()
     original = onnx.load(str(source))
     quantized = onnx.load(str(target))
+    if quant_overrides(spec) and not feed_uint8_tiles(quantized, spec):
+        log.warning("%s: INT8 keeps the float normalisation of its tiles", source.name)
     set_metadata(quantized, {p.key: p.value for p in original.metadata_props})
     onnx.save(quantized, str(target))
 

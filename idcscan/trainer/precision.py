@@ -12,9 +12,9 @@ this process on the same tiles. Otherwise its figures are reported and its file 
 
 The speed is judged per core (one onnxruntime thread each): what a CPU fills with one
 single-threaded worker process per core, and the figure that a neighbour's load on a shared
-machine disturbs least. One session spread over all cores is measured too, for information: the
-INT8 kernels of a network this small gain less from a second thread than FP32's do (on 2 cores
-here: 1.9x per core, 1.5x over both). FP16 is
+machine disturbs least. One session spread over all cores is measured too, for information.
+A model that takes uint8 tiles is quantized so that the tiles are its first quantized tensor
+(`integerinput`): its float normalisation would otherwise take a third of INT8's time. FP16 is
 for GPU workers: its figures come from onnxruntime's CPU provider; its speed needs a GPU.
 Each variant carries its figures, beside FP32's, in its identity (`precision`); the FP32 file is
 left as it is, so its hash (its registry identity) does not change.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -161,6 +162,8 @@ def make_variants(
                     partial[name],
                     {"precision": name, "precision_figures": report, "source_sha256": source},
                 )
+                # readable by whoever reads the FP32 file (a worker), not only under our umask
+                shutil.copymode(model, partial[name])
                 partial[name].replace(path)
             else:
                 path.unlink(missing_ok=True)

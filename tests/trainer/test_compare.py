@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 
 from idcscan.cli import main as cli
@@ -112,6 +113,9 @@ def test_export_command_with_int8_variant(
     quantized = OnnxModel(out.with_name("m-int8.onnx"), provider="cpu")
     exported = OnnxModel(out, provider="cpu")
     assert quantized.spec == exported.spec
+    # It reads the uint8 tiles as its first quantized tensor: no float normalisation left.
+    graph = onnx.load(str(quantized.path)).graph
+    assert [n.op_type for n in graph.node if "idcscan_nchw" in n.input] == ["DequantizeLinear"]
     # Two training patients are too few for a stain reference: said, and none written.
     assert len(json.loads((trained_run / "metrics.json").read_text())["split"]["train"]) < 3
     assert "no stain reference: 2 training patients" in printed.err

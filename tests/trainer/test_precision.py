@@ -5,8 +5,10 @@ go with their figures, calibrated on its training patients and judged on its val
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from idcscan.cli import main as cli
@@ -59,6 +61,38 @@ def test_variants_of_any_model_with_their_figures(
         for name in ("balanced_accuracy", "max_abs_difference", "bytes"):
             assert name in figures[precision]
     assert report["int8"]["tiles_per_s"] > 0 and report["int8"]["speedup"] > 0
+
+
+@pytest.mark.parametrize(
+    ("mean", "reads_tiles"), [((0.5, 0.5, 0.5), True), ((0.4, 0.5, 0.6), False)]
+)
+def test_int8_of_a_uint8_model_reads_the_tiles_as_cut(
+    tiny_dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mean: tuple[float, float, float],
+    reads_tiles: bool,
+) -> None:
+    """The normalisation inside a uint8 model's graph is the INT8 graph's first dequantization:
+    no float prefix is left to run over every pixel. Channels normalised differently would need
+    a per-channel zero point (which integer convolution does not take): they keep the prefix."""
+    import onnx
+
+    from idcscan.trainer.uint8input import convert
+
+    model = model_with_split(tmp_path / "m.onnx", {"train": TRAIN, "val": VAL})
+    proto = onnx.load(str(model))
+    spec = TileSpec.from_metadata({p.key: p.value for p in proto.metadata_props})
+    set_metadata(proto, replace(spec, mean=mean).to_metadata())
+    onnx.save(convert(proto), str(model))
+    argv = ["models", "variants", str(model), "--data", str(tiny_dataset), "--min-speedup", "0"]
+    assert cli(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert abs(report["int8"]["balanced_accuracy_change"]) <= 0.05
+    graph = onnx.load(str(variant_path(model, "int8"))).graph
+    readers = [n.op_type for n in graph.node if "idcscan_nchw" in n.input]  # the uint8 NCHW tiles
+    assert readers == (["DequantizeLinear"] if reads_tiles else ["Cast"])
+    assert OnnxModel(variant_path(model, "int8"), provider="cpu").spec.mean == mean
 
 
 def test_int8_not_shipped_outside_its_limits(
@@ -129,3 +163,43 @@ def test_register_records_the_variants(
     assert cli(["models", "register", str(other)]) == 2
     assert "was not made from o.onnx" in capsys.readouterr().err
     assert len(models_in(migrated_url)) == 1
+
+
+def test_int8_of_a_test_time_augmentation_graph_reads_the_tiles_too(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """In a TTA graph onnxruntime's pre-processing moves the prefix's NHWC -> NCHW Transpose into
+    the float arithmetic; the INT8 graph still reads the bytes, transposed as bytes."""
+    import onnx
+    import torch
+
+    from idcscan.trainer.data import load_patches
+    from idcscan.trainer.export import quantize_int8, to_onnx
+    from idcscan.trainer.models import ProbabilityHead, ScoringGraph, build_model
+
+    torch.manual_seed(0)
+    network = ProbabilityHead(build_model("resnet18", 0.125).eval())
+    spec = TileSpec(model_version="tta")
+    model, int8 = tmp_path / "tta.onnx", tmp_path / "tta.int8.onnx"
+    to_onnx(ScoringGraph([network], views=4).eval(), model, spec, {"version": "tta"})
+    tiles = load_patches(tiny_dataset, TRAIN).tiles
+    quantize_int8(model, int8, tiles, OnnxModel(model, provider="cpu").spec)
+    graph = onnx.load(str(int8)).graph
+    (transpose,) = [n for n in graph.node if "tiles" in n.input]
+    assert transpose.op_type == "Transpose" and "Cast" not in {n.op_type for n in graph.node}
+    assert [n.op_type for n in graph.node if transpose.output[0] in n.input] == ["DequantizeLinear"]
+    expected = OnnxModel(model, provider="cpu").predict(tiles)
+    assert np.abs(OnnxModel(int8, provider="cpu").predict(tiles) - expected).max() < 0.1
+
+
+def test_variants_are_as_readable_as_their_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The command's private umask (files 0600, for patient data) would hide a variant from a
+    worker that runs as another user and reads the FP32 file beside it."""
+    import stat
+
+    model = model_with_split(tmp_path / "m.onnx", {"train": TRAIN, "val": VAL})
+    model.chmod(0o644)
+    argv = ["models", "variants", str(model), "--data", str(tiny_dataset), "--min-speedup", "0"]
+    assert cli(argv) == 0
+    for precision in ("int8", "fp16"):
+        assert stat.S_IMODE(variant_path(model, precision).stat().st_mode) == 0o644

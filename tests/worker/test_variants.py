@@ -28,8 +28,8 @@ from tests.conftest import SAMPLE_PATIENTS
 REFERENCE = reference_model()
 SHIPPED = variants.present_variants(REFERENCE)
 
-# Measured on the 779 sample patches: INT8 at most 0.033 from FP32 (mean 0.0045, 99.5% of the
-# calls the same), FP16 at most 0.0029. The limits leave room for a re-made variant, not more.
+# Measured on the 779 sample patches: INT8 at most 0.041 from FP32 (mean 0.0049, 99.5% of the
+# calls the same), FP16 at most 0.0031. The limits leave room for a re-made variant, not more.
 TOLERANCE = {"int8": (0.1, 0.01, 0.98), "fp16": (0.01, 0.001, 0.995)}
 """precision -> (max |difference|, mean |difference|, share of tiles called alike)."""
 
