@@ -13,9 +13,10 @@ normalised tiles with exactly that scale and zero point (`quant_overrides`), and
 its QuantizeLinear is then cut out (`feed_uint8_tiles`): the DequantizeLinear that fed the first
 convolution reads the uint8 tiles directly (through the prefix's NHWC -> NCHW Transpose, on the
 bytes, even where onnxruntime's pre-processing had moved it into the float arithmetic), and
-onnxruntime fuses it into an integer QLinearConv on the tiles as cut. The one approximation is the rounded zero point: for mean 0.5 every pixel
-reads half a quantization step (0.5/255 of the intensity range) darker, which is below the
-quantization error the prefix itself made, and the validation figures judge it as always.
+onnxruntime fuses it into an integer QLinearConv on the tiles as cut. The one approximation is
+the rounded zero point: for mean 0.5 every pixel reads half a quantization step (0.5/255 of the
+intensity range) darker, which is below the quantization error the prefix itself made, and the
+validation figures judge it as always.
 
 Channels with different means or stds would need a per-channel zero point, which onnxruntime's
 integer convolution does not take: those models keep the float prefix.
