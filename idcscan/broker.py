@@ -77,11 +77,13 @@ class SqlTransport(kombu_sql.Transport):
     """Kombu's SQL transport, polling every `SQL_POLL_S` (0.1 s) instead of every second.
 
     An idle worker finds its next job only at its next poll: with kombu's 1 s, a job waited
-    0.5 s on average before a free worker picked it up, 17% of the reference model's
-    submit-to-result time. An empty poll on the SQLite file costs about a millisecond of CPU
-    (benchmarks/sql_poll.py), so ten a second keep an idle worker around 1% of one core; the
-    wait drops to 0.05 s on average. kombu's `polling_interval` transport option cannot say
-    this: the SQL transport hands its options to `create_engine`, which refuses unknown ones.
+    half a second on average before a free worker picked it up, 7-17% of the reference model's
+    submit-to-result time on the full-size slide. An empty poll of the SQLite file costs about
+    2 ms of CPU and holds its write lock (`BEGIN IMMEDIATE`) for a moment; at 0.1 s a consumer
+    waiting on an empty queue takes about 1.7% of one core instead of 0.2%, and a message waits
+    0.07 s instead of 0.45 s (benchmarks/sql_poll.py). 0.05 s would double that cost to save
+    some 0.03 s a job; 0.2 s would double the wait. kombu's `polling_interval` transport option cannot say this: the SQL
+    transport hands its options to `create_engine`, which refuses unknown ones.
     """
 
     polling_interval = SQL_POLL_S
