@@ -82,8 +82,9 @@ class SqlTransport(kombu_sql.Transport):
     2 ms of CPU and holds its write lock (`BEGIN IMMEDIATE`) for a moment; at 0.1 s a consumer
     waiting on an empty queue takes about 1.7% of one core instead of 0.2%, and a message waits
     0.07 s instead of 0.45 s (benchmarks/sql_poll.py). 0.05 s would double that cost to save
-    some 0.03 s a job; 0.2 s would double the wait. kombu's `polling_interval` transport option cannot say this: the SQL
-    transport hands its options to `create_engine`, which refuses unknown ones.
+    some 0.03 s a job; 0.2 s would double the wait. kombu's `polling_interval` transport option
+    cannot say this: the SQL transport hands its options to `create_engine`, which refuses
+    unknown ones.
     """
 
     polling_interval = SQL_POLL_S
