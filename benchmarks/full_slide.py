@@ -464,6 +464,10 @@ def report(facts: dict, runs: list[dict], wall_s: float, workers: int) -> dict[s
     return {
         **facts,
         "submit_to_result_s": median([r["submit_to_result_s"] for r in runs]),
+        # Submit-to-result less the worker's own breakdown: the wait in the queue (for the
+        # embedded broker, its poll) and the task's start. Seconds move less with the machine's
+        # load than a share of a job whose inference that load slows down.
+        "queue_and_poll_s": median([r["submit_to_result_s"] - job_s(r["seconds"]) for r in runs]),
         "worker_processes": workers,
         "slides_per_hour_per_worker": round(3600 * len(runs) / wall_s / workers, 1),
         "slides_per_hour": round(3600 * len(runs) / wall_s, 1),
