@@ -404,7 +404,7 @@ def through_worker(
                     if not JobStatus(done.status).finished:
                         continue
                     assert done.status == JobStatus.SUCCEEDED, done.error_message
-                    assert done.finished_at is not None
+                    assert done.finished_at is not None and done.started_at is not None
                     submitted.remove(job_id)
                     runs.append(
                         {
@@ -412,6 +412,7 @@ def through_worker(
                             "submit_to_result_s": (
                                 done.finished_at - done.created_at
                             ).total_seconds(),
+                            "queued_s": (done.started_at - done.created_at).total_seconds(),
                         }
                     )
         assert not submitted, "jobs still unfinished after 30 minutes"
@@ -464,10 +465,10 @@ def report(facts: dict, runs: list[dict], wall_s: float, workers: int) -> dict[s
     return {
         **facts,
         "submit_to_result_s": median([r["submit_to_result_s"] for r in runs]),
-        # Submit-to-result less the worker's own breakdown: the wait in the queue (for the
-        # embedded broker, its poll) and the task's start. Seconds move less with the machine's
-        # load than a share of a job whose inference that load slows down.
-        "queue_and_poll_s": median([r["submit_to_result_s"] - job_s(r["seconds"]) for r in runs]),
+        # From submit to a worker's claim (the job's own timestamps): the publish, the wait in
+        # the queue (for the embedded broker, its poll) and the task's start. Seconds move less
+        # with the machine's load than a share of a job whose inference that load slows down.
+        "queued_s": median([r["queued_s"] for r in runs]),
         "worker_processes": workers,
         "slides_per_hour_per_worker": round(3600 * len(runs) / wall_s / workers, 1),
         "slides_per_hour": round(3600 * len(runs) / wall_s, 1),
@@ -492,7 +493,7 @@ def report(facts: dict, runs: list[dict], wall_s: float, workers: int) -> dict[s
             "reader_vs_decode": per_job(lambda r, t, m: m["decode_s"] / t["read"]),
             "inference_vs_bare": per_job(lambda r, t, m: m["bare_inference_s"] / t["inference"]),
             "overhead_share": per_job(lambda r, t, m: overhead_s(t) / job_s(t)),
-            "queue_and_poll_share": per_job(lambda r, t, m: 1 - job_s(t) / r["submit_to_result_s"]),
+            "queued_share": per_job(lambda r, t, m: r["queued_s"] / r["submit_to_result_s"]),
         },
         "per_job_s": [round(run["submit_to_result_s"], 3) for run in runs],
         "load_average_1min": round(os.getloadavg()[0], 2),
