@@ -170,8 +170,6 @@ def ping_broker(settings: Settings) -> None:
     container healthcheck gives 5 s)."""
     from kombu import Connection
 
-    options = transport_options(settings)
-    if settings.broker_is_redis:
-        options |= {"socket_timeout": 2, "socket_connect_timeout": 2}
+    options = {"socket_timeout": 2, "socket_connect_timeout": 2} if settings.broker_is_redis else {}
     with Connection(settings.broker, connect_timeout=2, transport_options=options) as connection:
         connection.ensure_connection(max_retries=1, timeout=2)
