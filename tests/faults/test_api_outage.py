@@ -1,6 +1,7 @@
 """PostgreSQL down under a running API: every `/v1` route answers 503 problem+json with
 `Retry-After`, one warning line per request (no traceback), and the API recovers by itself once
-the database is back."""
+the database is back. Redis down at a submit, or frozen (SIGSTOP: its port open, nothing
+answering): 202 or 503, never a request that hangs."""
 
 from __future__ import annotations
 
@@ -121,8 +122,8 @@ def test_a_frozen_redis_answers_503_instead_of_hanging(
 ) -> None:
     """Redis stopped mid-flight (SIGSTOP: its port still accepts, nothing answers), as a host
     under memory pressure or a paused container leaves it. The rate limiter counts every request
-    in Redis: without socket timeouts each request would wait forever on its answer, and the API
-    would hang with it. It answers 503 broker-unavailable instead, and recovers by itself."""
+    in Redis, through redis-py's client and its own 5 s socket timeout: each request answers 503
+    broker-unavailable instead of waiting for ever, and the API recovers by itself."""
     upgrade(postgres_url)
     settings = get_settings(
         data_dir=tmp_path / "data",
