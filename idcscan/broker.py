@@ -29,6 +29,7 @@ from typing import Any
 
 from celery import Celery
 from kombu.transport import sqlalchemy as kombu_sql
+from sqlalchemy.exc import IntegrityError
 
 from idcscan.core.settings import Settings, get_settings
 
@@ -78,6 +79,23 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     return {"visibility_timeout": settings.visibility_timeout_s, **REDIS_TIMEOUTS}
 
 
+class SqlChannel(kombu_sql.Channel):
+    """Kombu's SQL channel, creating a queue's row safely across processes.
+
+    On a new broker file the API's first publish and a worker that is just starting may both
+    find the queue missing and insert it. kombu guards that race between threads only: the
+    process that loses it gets an IntegrityError, which is not a connection error to Celery, so a
+    worker losing it stopped and left the job queued. The loser reads the winner's row instead.
+    """
+
+    def _get_or_create(self, queue: str) -> Any:
+        try:
+            return super()._get_or_create(queue)
+        except IntegrityError:
+            self.session.rollback()
+            return super()._get_or_create(queue)
+
+
 class SqlTransport(kombu_sql.Transport):
     """Kombu's SQL transport, polling every `SQL_POLL_S` (0.1 s) instead of every second.
 
@@ -92,6 +110,7 @@ class SqlTransport(kombu_sql.Transport):
     unknown ones.
     """
 
+    Channel = SqlChannel
     polling_interval = SQL_POLL_S
 
 

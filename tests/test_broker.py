@@ -47,3 +47,31 @@ def test_a_redis_broker_is_connected_by_its_url_alone(url: str) -> None:
     app = create_app(get_settings(broker_url=url))
     assert app.conf.broker_url == url
     assert app.conf.broker_transport is None
+
+
+def test_a_queue_another_process_created_meanwhile_is_read_not_fatal(tmp_path: Path) -> None:
+    """The API's first publish and a starting worker both find the queue missing on a new broker
+    file and insert it: the one that loses the race reads the other's row (kombu guards threads
+    only; the IntegrityError stopped a worker, and its job waited in the queue)."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    settings = get_settings(data_dir=tmp_path)
+    broker_file = settings.broker.removeprefix("sqla+sqlite:///")
+    with create_app(settings).connection_for_write() as connection:
+        channel = connection.default_channel
+        engine = channel.session.get_bind()
+        raced: list[int] = []
+
+        def meanwhile(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+            """Between our look and our insert, another process inserts the queue's row."""
+            if statement.startswith("INSERT INTO kombu_queue") and not raced:
+                with sqlite3.connect(broker_file) as other:
+                    row = other.execute("INSERT INTO kombu_queue (name) VALUES (?)", [QUEUE])
+                    raced.append(int(row.lastrowid or 0))
+
+        event.listen(engine, "before_cursor_execute", meanwhile)
+        queue = channel._get_or_create(QUEUE)
+    assert raced, "the race was not staged"
+    assert (queue.name, queue.id) == (QUEUE, raced[0])
