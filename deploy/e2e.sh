@@ -66,6 +66,26 @@ api() {
 }
 URL=https://localhost:$IDCSCAN_API_PORT
 
+# An operator's command in the api container. Right after `up` an engine's DNS may not answer for
+# a moment (seen under podman: "failed to resolve host 'postgres'"): the command then exits 75
+# (the database or broker out of reach, try again), and it is run again, up to 5 times.
+admin() {
+  local attempt out status
+  for attempt in 1 2 3 4 5; do
+    status=0
+    out=$($COMPOSE exec -T api idcscan "$@" 2>&1) || status=$?
+    if [ "$status" = 0 ]; then
+      printf '%s\n' "$out"
+      return 0
+    fi
+    printf '%s\n' "$out" | tail -n 5 >&2
+    [ "$status" = 75 ] || return 1
+    say "idcscan $*: attempt $attempt could not reach the database or broker" >&2
+    sleep 3
+  done
+  return 1
+}
+
 submit() {  # submit KEY -> job id, over HTTPS through the proxy
   api -H "Idempotency-Key: $1" -F "slide=@$SLIDE" "$URL/v1/jobs" | jq -r .id
 }
@@ -97,8 +117,8 @@ export IDCSCAN_TLS_DIR=$WORK/tls POSTGRES_PASSWORD=$(openssl rand -hex 16) IDCSC
 say "up with the cpu profile"
 up
 wait_healthy
-$COMPOSE exec -T api idcscan models register --activate >/dev/null
-KEY=$($COMPOSE exec -T api idcscan clients add e2e | tail -n 1 | tr -d '\r')
+admin models register --activate >/dev/null || fail "idcscan models register"
+KEY=$(admin clients add e2e | tail -n 1 | tr -d '\r') || fail "idcscan clients add"
 FIRST=$(submit first)
 say "submitted $FIRST"
 wait_job "$FIRST"

@@ -85,6 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
 # (SQLite, Celery's broker, fsspec, OpenSlide's callers). Set for the life of the command, which
 # for `api`, `worker` and `scheduler` is the life of the process and of every child it forks.
 PRIVATE_UMASK = 0o077
+EX_TEMPFAIL = 75
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input is a one-line message, not a traceback.
         print(f"idcscan: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # Our database or broker out of reach is no bug either: one line, and the exit status
+        # that tells a script to try again (sysexits' EX_TEMPFAIL).
+        from idcscan.core.outage import unavailable
+
+        what = unavailable(exc)
+        if what is None:
+            raise
+        reason = str(exc.__cause__ or exc).strip().splitlines()
+        print(
+            f"idcscan: error: the {what} is unreachable: {reason[0] if reason else exc!r}",
+            file=sys.stderr,
+        )
+        return EX_TEMPFAIL
     except KeyboardInterrupt:
         return 130
     finally:

@@ -82,3 +82,20 @@ def test_a_client_name_the_api_would_refuse_is_a_one_line_error(
             assert session.scalars(select(Client)).all() == []
     finally:
         engine.dispose()
+
+
+def test_a_database_out_of_reach_is_one_line_and_a_retry_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As right after `docker compose up`, when the engine's DNS does not answer yet: an operator's
+    command says so in one line (it printed a traceback) and exits 75, try again."""
+    from idcscan.processes import free_port
+
+    monkeypatch.setenv("IDCSCAN_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(
+        "IDCSCAN_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+    )
+    assert main(["clients", "list"]) == 75
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert error.startswith("idcscan: error: the database is unreachable: ")
