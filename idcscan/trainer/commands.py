@@ -1,4 +1,5 @@
-"""Subcommands of the trainer: `train`, `compare`, `export`, `threshold-floors`, `evaluate`, `models`.
+"""Subcommands of the trainer: `train`, `compare`, `export`, `threshold-floors`, `evaluate`,
+`models`.
 
 Light at import: torch, onnx and onnxruntime are imported inside the handlers, and `evaluate` and
 `models register` never import torch at all.
